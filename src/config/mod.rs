@@ -1,0 +1,129 @@
+//! Configuration: one TOML file read once into a validated, immutable [`Config`].
+//!
+//! Reading goes through [`reader`], which keeps positions, so that [`load`] reports every
+//! problem at once with file, line:column and key path. Nothing past this module sees a raw
+//! string where a typed value belongs.
+
+pub mod error;
+mod reader;
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, ConfigErrors};
+pub use route::{HostMatch, PathMatch, RouteSpec};
+pub use server::ServerSettings;
+pub use upstream::{
+    Balance, BackendSpec, HashKey, HealthCheckKind, HealthCheckSpec, Timeouts, UpstreamSpec,
+};
+
+use reader::{Node, Reader};
+use toml::de::DeTable;
+
+/// A validated configuration snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// Process-level settings.
+    pub server: ServerSettings,
+    /// Upstreams, in file order; names are unique.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Routes, in file order; names are unique and every upstream exists.
+    pub routes: Vec<RouteSpec>,
+}
+
+impl Config {
+    /// Index of the upstream called `name`.
+    pub fn upstream_index(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
+}
+
+const TOP_KEYS: &[&str] = &["server", "upstreams", "routes"];
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!("cannot read configuration file: {e}"),
+        }])
+    })?;
+    parse(path, &src)
+}
+
+/// Validates `src` as if read from `path`.
+pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
+    let mut r = Reader::new(path, src);
+    let (doc, syntax_errors) = DeTable::parse_recoverable(src);
+    if !syntax_errors.is_empty() {
+        for e in syntax_errors {
+            let span = e.span().unwrap_or(0..0);
+            r.error_at(span, "", format!("TOML syntax error: {}", e.message().trim()));
+        }
+        return Err(ConfigErrors(r.into_errors()));
+    }
+    let root_value = toml::Spanned::new(0..src.len(), toml::de::DeValue::Table(doc.into_inner()));
+    let root = Node::root(&root_value);
+    let Some(top) = r.table(&root, TOP_KEYS) else {
+        return Err(ConfigErrors(r.into_errors()));
+    };
+
+    let server = server::read(&mut r, top.get("server").as_ref());
+
+    let mut upstreams = Vec::new();
+    let mut declared = Vec::new();
+    if let Some(n) = top.get("upstreams") {
+        if let Some(t) = r.map(&n) {
+            for (name, key_span, value) in t.entries() {
+                if !upstream::valid_name(name) {
+                    r.error_at(key_span, value.path(), "upstream name must be 1-64 characters of A-Z a-z 0-9 _ - .");
+                    continue;
+                }
+                declared.push(name);
+                if let Some(u) = upstream::read(&mut r, name, &value) {
+                    upstreams.push(u);
+                }
+            }
+        }
+    }
+
+    let mut routes: Vec<RouteSpec> = Vec::new();
+    if let Some(n) = top.get("routes") {
+        if let Some(items) = r.array(&n) {
+            let mut seen: Vec<String> = Vec::new();
+            for item in &items {
+                let name = r
+                    .map(item)
+                    .and_then(|t| t.get("name"))
+                    .and_then(|n| n.value().as_str().map(|s| (s.to_string(), n)));
+                let route = route::read(&mut r, item, &declared);
+                if let Some((name, node)) = name {
+                    if seen.contains(&name) {
+                        r.error(&node, format!("duplicate route name \"{name}\""));
+                        continue;
+                    }
+                    seen.push(name);
+                }
+                routes.extend(route);
+            }
+        }
+    }
+
+    let errors = r.into_errors();
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        server,
+        upstreams,
+        routes,
+    })
+}

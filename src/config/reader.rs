@@ -1,0 +1,309 @@
+//! A position-keeping reader over a parsed TOML document. `serde` stops at the first error; an
+//! operator wants every problem at once, so the schema modules walk the spanned tree through
+//! this reader, which records each problem with its key path and line:column and carries on.
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::error::ConfigError;
+
+/// A value in the document together with its key path.
+#[derive(Clone)]
+pub struct Node<'a, 'i> {
+    value: &'a Spanned<DeValue<'i>>,
+    path: String,
+}
+
+/// Collects problems while the schema modules read the document.
+pub struct Reader<'s> {
+    file: &'s Path,
+    line_starts: Vec<usize>,
+    src: &'s str,
+    errors: Vec<(usize, ConfigError)>,
+}
+
+/// A table whose keys have been checked against the schema; fields are fetched by name.
+pub struct Table<'a, 'i> {
+    map: &'a DeTable<'i>,
+    span: Range<usize>,
+    path: String,
+}
+
+impl<'a, 'i> Node<'a, 'i> {
+    /// Wraps the document root.
+    pub fn root(value: &'a Spanned<DeValue<'i>>) -> Self {
+        Node {
+            value,
+            path: String::new(),
+        }
+    }
+    /// The key path of this value.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    /// The byte range of this value in the source.
+    pub fn span(&self) -> Range<usize> {
+        self.value.span()
+    }
+    /// The raw TOML value.
+    pub fn value(&self) -> &'a DeValue<'i> {
+        self.value.get_ref()
+    }
+}
+
+impl<'s> Reader<'s> {
+    /// A reader for `src`, read from `file`.
+    pub fn new(file: &'s Path, src: &'s str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(src.match_indices('\n').map(|(i, _)| i + 1));
+        Reader {
+            file,
+            line_starts,
+            src,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem at `span`.
+    pub fn error_at(&mut self, span: Range<usize>, path: &str, message: impl Into<String>) {
+        let offset = span.start.min(self.src.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset);
+        let line_start = self.line_starts[line - 1];
+        let column = self.src[line_start..offset].chars().count() + 1;
+        self.errors.push((
+            offset,
+            ConfigError {
+                file: self.file.to_path_buf(),
+                line,
+                column,
+                path: path.to_string(),
+                message: message.into(),
+            },
+        ));
+    }
+
+    /// Records a problem with `node`.
+    pub fn error(&mut self, node: &Node<'_, '_>, message: impl Into<String>) {
+        self.error_at(node.span(), &node.path, message);
+    }
+
+    /// How many problems have been recorded so far.
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// The problems found, in file order.
+    pub fn into_errors(mut self) -> Vec<ConfigError> {
+        self.errors.sort_by_key(|(offset, _)| *offset);
+        self.errors.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Reads `node` as a table whose keys must all be in `known`; reports each unknown key.
+    pub fn table<'a, 'i>(
+        &mut self,
+        node: &Node<'a, 'i>,
+        known: &[&str],
+    ) -> Option<Table<'a, 'i>> {
+        let DeValue::Table(map) = node.value() else {
+            self.type_error(node, "a table");
+            return None;
+        };
+        for key in map.keys() {
+            if !known.contains(&key.get_ref().as_ref()) {
+                let path = join(&node.path, key.get_ref());
+                let hint = if known.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (expected one of: {})", known.join(", "))
+                };
+                self.error_at(key.span(), &path, format!("unknown key \"{}\"{hint}", key.get_ref()));
+            }
+        }
+        Some(Table {
+            map,
+            span: node.span(),
+            path: node.path.clone(),
+        })
+    }
+
+    /// Reads `node` as a table whose keys are user-chosen names (no schema check).
+    pub fn map<'a, 'i>(&mut self, node: &Node<'a, 'i>) -> Option<Table<'a, 'i>> {
+        let DeValue::Table(map) = node.value() else {
+            self.type_error(node, "a table");
+            return None;
+        };
+        Some(Table {
+            map,
+            span: node.span(),
+            path: node.path.clone(),
+        })
+    }
+
+    /// Reports that `node` has the wrong type.
+    pub fn type_error(&mut self, node: &Node<'_, '_>, expected: &str) {
+        let found = node.value().type_str();
+        self.error(node, format!("expected {expected}, found {found}"));
+    }
+
+    /// Reads a string.
+    pub fn string<'a>(&mut self, node: &Node<'a, '_>) -> Option<&'a str> {
+        match node.value() {
+            DeValue::String(s) => Some(s.as_ref()),
+            _ => {
+                self.type_error(node, "a string");
+                None
+            }
+        }
+    }
+
+    /// Reads a boolean.
+    pub fn boolean(&mut self, node: &Node<'_, '_>) -> Option<bool> {
+        match node.value() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.type_error(node, "a boolean");
+                None
+            }
+        }
+    }
+
+    /// Reads an integer within `min..=max`.
+    pub fn integer(&mut self, node: &Node<'_, '_>, min: i64, max: i64) -> Option<i64> {
+        let DeValue::Integer(i) = node.value() else {
+            self.type_error(node, "an integer");
+            return None;
+        };
+        let digits = i.as_str().replace('_', "");
+        let (negative, digits) = match digits.strip_prefix('-') {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, digits.trim_start_matches('+').to_string()),
+        };
+        let parsed = i64::from_str_radix(&digits, i.radix())
+            .ok()
+            .map(|v| if negative { -v } else { v });
+        match parsed {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            _ => {
+                self.error(node, format!("must be an integer from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    /// Reads a humantime duration such as `"250ms"` or `"30s"`; zero is refused.
+    pub fn duration(&mut self, node: &Node<'_, '_>) -> Option<Duration> {
+        let text = self.string(node)?;
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.error(node, "duration must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    node,
+                    format!("invalid duration \"{text}\": {e} (examples: \"500ms\", \"30s\", \"2m\")"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads an array; each element comes with its indexed path.
+    pub fn array<'a, 'i>(&mut self, node: &Node<'a, 'i>) -> Option<Vec<Node<'a, 'i>>> {
+        let DeValue::Array(items) = node.value() else {
+            self.type_error(node, "an array");
+            return None;
+        };
+        Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, value)| Node {
+                    value,
+                    path: format!("{}[{i}]", node.path),
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads an array of strings, reporting each non-string element.
+    pub fn strings<'a>(&mut self, node: &Node<'a, '_>) -> Option<Vec<(&'a str, Range<usize>, String)>> {
+        let DeValue::Array(items) = node.value() else {
+            self.type_error(node, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{}[{i}]", node.path);
+            match item.get_ref() {
+                DeValue::String(s) => out.push((s.as_ref(), item.span(), path)),
+                other => {
+                    ok = false;
+                    self.error_at(item.span(), &path, format!("expected a string, found {}", other.type_str()));
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+}
+
+impl<'a, 'i> Table<'a, 'i> {
+    /// The field `key`, if present.
+    pub fn get(&self, key: &str) -> Option<Node<'a, 'i>> {
+        let (_, value) = self.map.iter().find(|(k, _)| k.get_ref().as_ref() == key)?;
+        Some(Node {
+            value,
+            path: join(&self.path, key),
+        })
+    }
+
+    /// The field `key`; reports it missing when absent.
+    pub fn require(&self, r: &mut Reader<'_>, key: &str) -> Option<Node<'a, 'i>> {
+        let found = self.get(key);
+        if found.is_none() {
+            r.error_at(self.span.clone(), &self.path, format!("missing required key \"{key}\""));
+        }
+        found
+    }
+
+    /// The entries in file order, as (key, key position, value node), for tables keyed by
+    /// user-chosen names.
+    pub fn entries(&self) -> Vec<(&'a str, Range<usize>, Node<'a, 'i>)> {
+        self.map
+            .iter()
+            .map(|(k, v)| {
+                let node = Node {
+                    value: v,
+                    path: join(&self.path, k.get_ref()),
+                };
+                (k.get_ref().as_ref(), k.span(), node)
+            })
+            .collect()
+    }
+
+    /// This table's key path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// This table's position.
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+}
+
+fn join(base: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match (base.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (true, false) => format!("\"{key}\""),
+        (false, true) => format!("{base}.{key}"),
+        (false, false) => format!("{base}.\"{key}\""),
+    }
+}

@@ -1,0 +1,242 @@
+//! The `[[routes]]` array: which requests go to which upstream, and how the path is rewritten.
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::reader::{Node, Reader};
+
+/// How a route matches the request host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostMatch {
+    /// Exact host, lowercase, without port.
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (one or more labels), stored as
+    /// the suffix `.example.com`. The bare `example.com` does not match.
+    Wildcard(String),
+}
+
+/// How a route matches the request path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path equals this or continues it at a `/` boundary.
+    Prefix(String),
+    /// The regex matches the path (unanchored unless the pattern anchors itself).
+    Regex(Regex),
+}
+
+impl PartialEq for PathMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Prefix(a), PathMatch::Prefix(b)) => a == b,
+            (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// A validated route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// Host matcher; `None` matches any host.
+    pub host: Option<HostMatch>,
+    /// Path matcher.
+    pub path: PathMatch,
+    /// Allowed methods; `None` allows all.
+    pub methods: Option<Vec<Method>>,
+    /// Headers that must be present with exactly these values.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Name of the upstream (checked to exist).
+    pub upstream: String,
+    /// Removed from the front of the path before forwarding.
+    pub strip_prefix: Option<String>,
+    /// Higher wins among matching routes.
+    pub priority: i32,
+}
+
+/// Methods a route may list. Extension methods are not routable by name.
+pub const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+];
+
+const KEYS: &[&str] = &[
+    "name",
+    "host",
+    "path_exact",
+    "path_prefix",
+    "path_regex",
+    "methods",
+    "headers",
+    "upstream",
+    "strip_prefix",
+    "priority",
+];
+
+/// Reads one route; `upstreams` lists the declared upstream names (for the existence check).
+pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Option<RouteSpec> {
+    let t = r.table(node, KEYS)?;
+    let errors_before = r.error_count();
+
+    let name = t.require(r, "name").and_then(|n| {
+        let v = r.string(&n)?;
+        if !super::upstream::valid_name(v) {
+            r.error(&n, "route name must be 1-64 characters of A-Z a-z 0-9 _ - .");
+            return None;
+        }
+        Some(v.to_string())
+    });
+
+    let host = t.get("host").and_then(|n| {
+        let v = r.string(&n)?;
+        let parsed = parse_host(v);
+        if parsed.is_none() {
+            r.error(&n, format!("invalid host \"{v}\" (expected a name like api.example.com or *.example.com)"));
+        }
+        parsed
+    });
+
+    let mut matchers = Vec::new();
+    for key in ["path_exact", "path_prefix", "path_regex"] {
+        if let Some(n) = t.get(key) {
+            matchers.push((key, n));
+        }
+    }
+    let path = match matchers.as_slice() {
+        [] => {
+            r.error_at(
+                t.span(),
+                t.path(),
+                "route has no path matcher (set one of path_exact, path_prefix, path_regex)",
+            );
+            None
+        }
+        [(key, n)] => read_path(r, key, n),
+        [_, (_, second), ..] => {
+            r.error(second, "a route takes exactly one of path_exact, path_prefix, path_regex");
+            None
+        }
+    };
+
+    let methods = t.get("methods").and_then(|n| {
+        let items = r.strings(&n)?;
+        if items.is_empty() {
+            r.error(&n, "methods must not be empty (omit it to allow every method)");
+            return None;
+        }
+        let mut out = Vec::new();
+        for (text, span, path) in items {
+            let upper = text.to_ascii_uppercase();
+            if !METHODS.contains(&upper.as_str()) {
+                r.error_at(span, &path, format!("unknown method \"{text}\" (expected one of {})", METHODS.join(", ")));
+                continue;
+            }
+            if let Ok(m) = Method::from_bytes(upper.as_bytes()) {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        Some(out)
+    });
+
+    let headers = t.get("headers").map(|n| read_headers(r, &n)).unwrap_or_default();
+
+    let upstream = t.require(r, "upstream").and_then(|n| {
+        let v = r.string(&n)?;
+        if !upstreams.contains(&v) {
+            r.error(&n, format!("unknown upstream \"{v}\""));
+            return None;
+        }
+        Some(v.to_string())
+    });
+
+    let strip_prefix = t.get("strip_prefix").and_then(|n| {
+        let v = r.string(&n)?;
+        if !v.starts_with('/') || v.len() < 2 {
+            r.error(&n, "strip_prefix must start with / and not be / alone");
+            return None;
+        }
+        Some(v.trim_end_matches('/').to_string())
+    });
+
+    let priority = match t.get("priority") {
+        None => Some(0),
+        Some(n) => r.integer(&n, i64::from(i32::MIN), i64::from(i32::MAX)).map(|v| v as i32),
+    };
+
+    if r.error_count() > errors_before {
+        return None;
+    }
+    Some(RouteSpec {
+        name: name?,
+        host,
+        path: path?,
+        methods,
+        headers,
+        upstream: upstream?,
+        strip_prefix,
+        priority: priority?,
+    })
+}
+
+fn read_path(r: &mut Reader<'_>, key: &str, n: &Node<'_, '_>) -> Option<PathMatch> {
+    let v = r.string(n)?;
+    if key == "path_regex" {
+        return match Regex::new(v) {
+            Ok(re) => Some(PathMatch::Regex(re)),
+            Err(e) => {
+                let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                r.error(n, format!("invalid regex \"{v}\": {detail}"));
+                None
+            }
+        };
+    }
+    if !v.starts_with('/') || http::uri::PathAndQuery::try_from(v).is_err() || v.contains('?') {
+        r.error(n, format!("invalid path \"{v}\" (must start with / and hold no query)"));
+        return None;
+    }
+    Some(if key == "path_exact" {
+        PathMatch::Exact(v.to_string())
+    } else {
+        // A trailing slash adds nothing under segment-boundary matching.
+        let trimmed = v.trim_end_matches('/');
+        PathMatch::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.to_string())
+    })
+}
+
+fn read_headers(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Vec<(HeaderName, HeaderValue)> {
+    let Some(t) = r.map(n) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, key_span, value) in t.entries() {
+        let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+            r.error_at(key_span, value.path(), format!("invalid header name \"{key}\""));
+            continue;
+        };
+        let Some(text) = r.string(&value) else { continue };
+        match HeaderValue::from_str(text) {
+            Ok(v) => out.push((name, v)),
+            Err(_) => r.error(&value, "invalid header value"),
+        }
+    }
+    out
+}
+
+fn parse_host(v: &str) -> Option<HostMatch> {
+    let lower = v.to_ascii_lowercase();
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    if let Some(rest) = lower.strip_prefix("*.") {
+        return label_ok(rest).then(|| HostMatch::Wildcard(format!(".{rest}")));
+    }
+    label_ok(&lower).then_some(HostMatch::Exact(lower))
+}

@@ -1,0 +1,141 @@
+//! The `[server]` section: listeners, worker threads, process files and drain timings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::reader::{Node, Reader};
+
+/// Validated process-level settings. Changing any of these needs a restart or upgrade.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Addresses of the HTTP listeners (HTTP/1.1 and h2c).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads per listener service.
+    pub threads: usize,
+    /// Where the daemon writes its pid.
+    pub pid_file: PathBuf,
+    /// Unix socket through which listeners are handed to a new process on upgrade.
+    pub upgrade_sock: PathBuf,
+    /// How long a process told to stop keeps serving in-flight requests.
+    pub grace_period: Duration,
+    /// After the grace period, how long remaining tasks get before they are cancelled.
+    pub graceful_shutdown_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pid_file: PathBuf::from("/run/gatehouse/gatehouse.pid"),
+            upgrade_sock: PathBuf::from("/run/gatehouse/upgrade.sock"),
+            grace_period: Duration::from_secs(30),
+            graceful_shutdown_timeout: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "listen",
+    "threads",
+    "pid_file",
+    "upgrade_sock",
+    "grace_period",
+    "graceful_shutdown_timeout",
+    "trusted_proxies",
+];
+
+/// Reads `[server]`; absent keys keep their defaults.
+pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> ServerSettings {
+    let mut s = ServerSettings::default();
+    let Some(node) = node else { return s };
+    let Some(t) = r.table(node, KEYS) else { return s };
+
+    if let Some(n) = t.get("listen") {
+        if let Some(items) = r.strings(&n) {
+            if items.is_empty() {
+                r.error(&n, "at least one listen address is required");
+            }
+            s.listen = items
+                .into_iter()
+                .filter_map(|(text, span, path)| match text.parse::<SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        r.error_at(
+                            span,
+                            &path,
+                            format!("invalid listen address \"{text}\" (expected IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"),
+                        );
+                        None
+                    }
+                })
+                .collect();
+        }
+    }
+    if let Some(n) = t.get("threads") {
+        if let Some(v) = r.integer(&n, 1, 1024) {
+            s.threads = v as usize;
+        }
+    }
+    if let Some(n) = t.get("pid_file") {
+        if let Some(p) = path(r, &n) {
+            s.pid_file = p;
+        }
+    }
+    if let Some(n) = t.get("upgrade_sock") {
+        if let Some(p) = path(r, &n) {
+            s.upgrade_sock = p;
+        }
+    }
+    if let Some(n) = t.get("grace_period") {
+        if let Some(d) = r.duration(&n) {
+            s.grace_period = d;
+        }
+    }
+    if let Some(n) = t.get("graceful_shutdown_timeout") {
+        if let Some(d) = r.duration(&n) {
+            s.graceful_shutdown_timeout = d;
+        }
+    }
+    if let Some(n) = t.get("trusted_proxies") {
+        if let Some(items) = r.strings(&n) {
+            s.trusted_proxies = items
+                .into_iter()
+                .filter_map(|(text, span, path)| match parse_cidr(text) {
+                    Some(net) => Some(net),
+                    None => {
+                        r.error_at(
+                            span,
+                            &path,
+                            format!("invalid CIDR \"{text}\" (expected e.g. \"10.0.0.0/8\", \"192.0.2.7\" or \"fd00::/8\")"),
+                        );
+                        None
+                    }
+                })
+                .collect();
+        }
+    }
+    s
+}
+
+/// Parses a CIDR block; a bare address means a single host.
+pub fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn path(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<PathBuf> {
+    let text = r.string(n)?;
+    if text.is_empty() {
+        r.error(n, "path must not be empty");
+        return None;
+    }
+    Some(PathBuf::from(text))
+}

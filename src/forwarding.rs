@@ -1,0 +1,128 @@
+//! Who the client is and what the upstream is told about it: trusted-proxy handling, client IP
+//! resolution and the `X-Forwarded-*` headers. Forwarding headers from an untrusted peer are
+//! never believed.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use pingora::http::RequestHeader;
+use ipnet::IpNet;
+
+/// The set of peers whose `X-Forwarded-*` headers are believed. Empty by default.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// A set of the given networks.
+    pub fn new(nets: &[IpNet]) -> Self {
+        TrustedProxies(nets.to_vec())
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's IP: the socket peer, unless the peer is trusted, in which case the
+    /// right-most address of `X-Forwarded-For` that is not itself trusted. Rotating or
+    /// forging left-hand entries therefore changes nothing.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.contains(peer) {
+            return peer;
+        }
+        let mut candidate = peer;
+        for value in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(text) = value.to_str() else { return candidate };
+            for entry in text.rsplit(',') {
+                let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                    return candidate;
+                };
+                candidate = canonical(ip);
+                if !self.contains(candidate) {
+                    return candidate;
+                }
+            }
+        }
+        candidate
+    }
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` on the upstream request. From a trusted proxy
+/// the peer is appended to the existing chain and the proxy's `-Proto`/`-Host` are kept; from
+/// anyone else all three are replaced.
+pub fn set_upstream_headers(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    peer_trusted: bool,
+    host: Option<&str>,
+) -> pingora::Result<()> {
+    let Some(peer) = peer.map(canonical) else {
+        // Not an IP peer (e.g. a Unix socket): pass nothing on the client's word.
+        req.remove_header(XFF);
+        return Ok(());
+    };
+    let existing = req.headers.get_all(XFF).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    let xff = if peer_trusted && !existing.is_empty() {
+        format!("{}, {peer}", existing.join(", "))
+    } else {
+        peer.to_string()
+    };
+    req.insert_header(XFF, xff)?;
+    let keep_proto = peer_trusted && req.headers.contains_key(XFP);
+    let keep_host = peer_trusted && req.headers.contains_key(XFH);
+    if !keep_proto {
+        req.insert_header(XFP, "http")?;
+    }
+    if !keep_host {
+        match host {
+            Some(h) => {
+                let h = h.to_string();
+                req.insert_header(XFH, h)?;
+            }
+            None => {
+                req.remove_header(XFH);
+            }
+        }
+    }
+    Ok(())
+}
+
+const XFF: &str = "x-forwarded-for";
+const XFP: &str = "x-forwarded-proto";
+const XFH: &str = "x-forwarded-host";
+
+/// IPv4-mapped IPv6 addresses are treated as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", xff.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        let t = TrustedProxies::new(&[]);
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(t.client_ip(peer, &headers("203.0.113.9")), peer);
+    }
+
+    #[test]
+    fn trusted_chain_yields_the_rightmost_untrusted_address() {
+        let t = TrustedProxies::new(&["10.0.0.0/8".parse().unwrap()]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let h = headers("1.1.1.1, 198.51.100.7, 10.0.0.5");
+        assert_eq!(t.client_ip(peer, &h), "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,28 @@
+//! Gatehouse: an API gateway on Cloudflare's Pingora.
+//!
+//! One TOML file is read into a validated [`config::Config`], from which a
+//! [`snapshot::Snapshot`] (route table, clusters) is built once and swapped atomically.
+//! The [`proxy::Gateway`] serves requests from the current snapshot:
+//!
+//! | Pingora phase | what happens | module |
+//! |---|---|---|
+//! | `request_filter` | request id, client IP, route match, 404/405 | [`request_id`], [`forwarding`], [`routing`] |
+//! | `upstream_peer` | backend choice among healthy ones, 503 when none | [`upstream`] |
+//! | `fail_to_connect` | one retry on another backend for refused connections | [`proxy`] |
+//! | `upstream_request_filter` | `strip_prefix`, `X-Forwarded-*`, `X-Request-Id` | [`forwarding`] |
+//! | `response_filter` | `X-Request-Id` echoed | [`proxy`] |
+//! | `fail_to_proxy` | 502/503/504 JSON answers | [`proxy::respond`] |
+//!
+//! Active health checks run in one background service ([`upstream::health`]).
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod forwarding;
+pub mod proxy;
+pub mod request_id;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

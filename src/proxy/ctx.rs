@@ -1,0 +1,54 @@
+//! Per-request state carried through the proxy phases.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::request_id::RequestId;
+use crate::snapshot::Snapshot;
+use crate::upstream::backend::InflightGuard;
+
+/// Why the gateway itself failed a request, when it did (maps to a status in `respond`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every backend of the route's upstream is unhealthy (503).
+    NoHealthyBackend,
+}
+
+/// State of one request, from `request_filter` to `logging`.
+pub struct RequestCtx {
+    /// The snapshot the whole request uses, loaded once at the start.
+    pub snapshot: Arc<Snapshot>,
+    /// The request id echoed to the client and sent upstream.
+    pub request_id: RequestId,
+    /// Index of the matched route in the snapshot's configuration.
+    pub route: Option<usize>,
+    /// The client IP (after trusted-proxy resolution).
+    pub client_ip: Option<IpAddr>,
+    /// Whether the socket peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// Index of the backend of the current attempt.
+    pub backend: Option<usize>,
+    /// Backend whose connection failed; the retry avoids it.
+    pub failed_backend: Option<usize>,
+    /// Keeps the current backend's in-flight count; released whenever the context is dropped.
+    pub inflight: Option<InflightGuard>,
+    /// Set when the gateway refuses the request itself.
+    pub refusal: Option<Refusal>,
+}
+
+impl RequestCtx {
+    /// A fresh context on `snapshot`.
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        RequestCtx {
+            snapshot,
+            request_id: RequestId::default(),
+            route: None,
+            client_ip: None,
+            peer_trusted: false,
+            backend: None,
+            failed_backend: None,
+            inflight: None,
+            refusal: None,
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The `ProxyHttp` implementation. It only dispatches: routing, balancing, forwarding headers
+//! and error responses each live in their own module.
+//!
+//! Phase map: `request_filter` assigns the request id, resolves the client and matches the
+//! route (404/405 answered here); `upstream_peer` picks a backend (503 when none is healthy);
+//! `upstream_request_filter` rewrites the path and sets forwarding headers; `fail_to_connect`
+//! retries a refused connection once on another backend; `fail_to_proxy` maps failures to
+//! 502/504 JSON answers; `response_filter` echoes the request id.
+
+pub mod ctx;
+pub mod respond;
+
+use async_trait::async_trait;
+use http::{HeaderValue, Uri};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::HashKey;
+use crate::routing::{RequestView, RouteMatch};
+use crate::snapshot::SnapshotStore;
+use crate::upstream::backend::InflightGuard;
+use ctx::{Refusal, RequestCtx};
+use respond::REQUEST_ID;
+
+/// The gateway: one instance serves every listener, reading the current snapshot per request.
+pub struct Gateway {
+    store: SnapshotStore,
+}
+
+impl Gateway {
+    /// A gateway serving whatever `store` holds.
+    pub fn new(store: SnapshotStore) -> Self {
+        Gateway { store }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.store.load())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = crate::request_id::RequestId::from_client_or_new(
+            req.headers.get(REQUEST_ID).map(HeaderValue::as_bytes),
+        );
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let trusted = ctx.snapshot.trusted();
+            ctx.peer_trusted = trusted.contains(peer);
+            ctx.client_ip = Some(trusted.client_ip(peer, &req.headers));
+        }
+        let req = session.req_header();
+        let view = RequestView {
+            method: &req.method,
+            host: request_host(req),
+            path: req.uri.path(),
+            headers: &req.headers,
+        };
+        match ctx.snapshot.router().lookup(&view) {
+            RouteMatch::Found(i) => {
+                ctx.route = Some(i);
+                Ok(false)
+            }
+            RouteMatch::MethodNotAllowed(allowed) => {
+                let allow = allowed.allow_header();
+                respond::reject(session, ctx, 405, &[("allow", &allow)]).await?;
+                Ok(true)
+            }
+            RouteMatch::NotFound => {
+                respond::reject(session, ctx, 404, &[]).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let snapshot = &ctx.snapshot;
+        let upstream = &snapshot.config().routes[route].upstream;
+        let Some(cluster) = snapshot.config().upstream_index(upstream).map(|i| &snapshot.clusters()[i]) else {
+            return Error::e_explain(ErrorType::InternalError, "route names an unknown upstream");
+        };
+        let mut ip_buf = [0u8; 16];
+        let key = cluster
+            .hash_key()
+            .and_then(|k| hash_key(k, session.req_header(), ctx.client_ip, &mut ip_buf));
+        let Some(i) = cluster.select(key, ctx.failed_backend) else {
+            ctx.refusal = Some(Refusal::NoHealthyBackend);
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend");
+        };
+        let member = &cluster.members()[i];
+        // Replacing the guard releases the previous attempt's count.
+        ctx.inflight = Some(InflightGuard::new(&member.state));
+        ctx.backend = Some(i);
+        Ok(Box::new(member.peer.clone()))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        // Nothing reached the upstream: try one other healthy backend, once.
+        if ctx.failed_backend.is_none() {
+            if let Some(route) = ctx.route {
+                let snapshot = &ctx.snapshot;
+                let upstream = &snapshot.config().routes[route].upstream;
+                let cluster = snapshot.config().upstream_index(upstream).map(|i| &snapshot.clusters()[i]);
+                if cluster.is_some_and(|c| c.has_available(ctx.backend)) {
+                    ctx.failed_backend = ctx.backend;
+                    e.set_retry(true);
+                    return e;
+                }
+            }
+        }
+        e.set_retry(false);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route {
+            if let Some(prefix) = &ctx.snapshot.config().routes[route].strip_prefix {
+                if let Some(uri) = strip_prefix(&upstream_request.uri, prefix) {
+                    upstream_request.set_uri(uri);
+                }
+            }
+        }
+        crate::forwarding::set_upstream_headers(
+            upstream_request,
+            session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            ctx.peer_trusted,
+            request_host(session.req_header()),
+        )?;
+        upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        if ctx.request_id.as_str().is_empty() {
+            // Failed before request_filter ran (e.g. malformed request).
+            ctx.request_id = crate::request_id::RequestId::generate();
+        }
+        let status = respond::status_for(e, ctx);
+        respond::fail(session, ctx, status).await;
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.inflight = None;
+    }
+}
+
+/// The request's host: the `Host` header, else the URI authority (HTTP/2).
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// The consistent-hash key of a request, if it carries one.
+fn hash_key<'a>(
+    key: &HashKey,
+    req: &'a RequestHeader,
+    client_ip: Option<std::net::IpAddr>,
+    ip_buf: &'a mut [u8; 16],
+) -> Option<&'a [u8]> {
+    match key {
+        HashKey::Header(name) => req.headers.get(name).map(HeaderValue::as_bytes),
+        HashKey::Cookie(name) => cookie(req, name),
+        HashKey::Path => Some(req.uri.path().as_bytes()),
+        HashKey::ClientIp => match client_ip? {
+            std::net::IpAddr::V4(v4) => {
+                ip_buf[..4].copy_from_slice(&v4.octets());
+                Some(&ip_buf[..4])
+            }
+            std::net::IpAddr::V6(v6) => {
+                *ip_buf = v6.octets();
+                Some(&ip_buf[..])
+            }
+        },
+    }
+}
+
+fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then_some(v.as_bytes())
+        })
+}
+
+/// The URI with `prefix` removed from the front of its path, query kept. `None` when the path
+/// does not start with the prefix at a segment boundary.
+fn strip_prefix(uri: &Uri, prefix: &str) -> Option<Uri> {
+    let path = uri.path();
+    if !crate::routing::prefix_matches(prefix, path) {
+        return None;
+    }
+    let rest = &path[prefix.len()..];
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let rewritten = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    Uri::try_from(rewritten).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_keeps_the_query() {
+        let uri: Uri = "/api/v1/users/7?x=1&y=2".parse().unwrap();
+        assert_eq!(strip_prefix(&uri, "/api/v1").unwrap(), "/users/7?x=1&y=2");
+        let uri: Uri = "/api/v1?q".parse().unwrap();
+        assert_eq!(strip_prefix(&uri, "/api/v1").unwrap(), "/?q");
+        let uri: Uri = "/api/v10".parse().unwrap();
+        assert!(strip_prefix(&uri, "/api/v1").is_none());
+    }
+}

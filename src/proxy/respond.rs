@@ -1,0 +1,97 @@
+//! The one writer of responses the gateway makes itself, and the mapping from failures to
+//! status codes. Every such response is JSON `{"error": ..., "request_id": ...}`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::ctx::{Refusal, RequestCtx};
+
+/// Header carrying the request id, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The status for a failure, or 0 when the client is gone and nothing can be written.
+pub fn status_for(e: &Error, ctx: &RequestCtx) -> u16 {
+    if let Some(Refusal::NoHealthyBackend) = ctx.refusal {
+        return 503;
+    }
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            if e.esource() == &ErrorSource::Downstream {
+                0
+            } else {
+                504
+            }
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// The message in the JSON body for `status`.
+pub fn message_for(status: u16) -> &'static str {
+    match status {
+        400 => "bad request",
+        404 => "no route matches this request",
+        405 => "method not allowed on this route",
+        502 => "bad gateway: the upstream refused, reset or broke the connection",
+        503 => "service unavailable: no healthy backend",
+        504 => "gateway timeout: the upstream did not answer in time",
+        _ => "internal error",
+    }
+}
+
+/// The JSON error body.
+pub fn body(message: &str, request_id: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": message, "request_id": request_id }).to_string())
+}
+
+/// Builds the header of a JSON error response.
+pub fn error_header(status: u16, len: usize, request_id: &str, extra: &[(&'static str, &str)]) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+    resp.insert_header(REQUEST_ID, request_id)?;
+    for (name, value) in extra {
+        resp.insert_header(*name, *value)?;
+    }
+    Ok(resp)
+}
+
+/// Answers the request from the gateway (before any upstream is involved); the connection
+/// stays usable.
+pub async fn reject(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    extra: &[(&'static str, &str)],
+) -> pingora::Result<()> {
+    let payload = body(message_for(status), ctx.request_id.as_str());
+    let resp = error_header(status, payload.len(), ctx.request_id.as_str(), extra)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(payload), true).await?;
+    Ok(())
+}
+
+/// Writes the error response for a failed proxy attempt if the client can still take one.
+pub async fn fail(session: &mut Session, ctx: &RequestCtx, status: u16) {
+    if status == 0 {
+        return;
+    }
+    let payload = body(message_for(status), ctx.request_id.as_str());
+    let Ok(resp) = error_header(status, payload.len(), ctx.request_id.as_str(), &[]) else {
+        return;
+    };
+    if let Err(e) = session.write_error_response(resp, payload).await {
+        log::debug!("could not send error response: {e}");
+    }
+}
