@@ -1,0 +1,167 @@
+//! Real HTTP backends for tests. Each answers with a JSON echo of what it received
+//! (`backend`, `method`, `path`, `headers`), counts hits, serves `/health` that a test can
+//! switch to failing, and takes per-request overrides: `x-test-status` and `x-test-delay-ms`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+struct State {
+    name: String,
+    hits: AtomicUsize,
+    health_checks: AtomicUsize,
+    healthy: AtomicBool,
+    delay_ms: AtomicU64,
+    status: AtomicU64,
+}
+
+/// A running test backend. It stops when the test process exits.
+#[derive(Clone)]
+pub struct TestBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl TestBackend {
+    /// Starts a backend named `name` answering 200 at once.
+    pub fn start(name: &str) -> Self {
+        let state = Arc::new(State {
+            name: name.to_string(),
+            hits: AtomicUsize::new(0),
+            health_checks: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            delay_ms: AtomicU64::new(0),
+            status: AtomicU64::new(200),
+        });
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        let serve_state = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let state = Arc::clone(&serve_state);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| handle(Arc::clone(&state), req));
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        TestBackend { addr, state }
+    }
+
+    /// Starts a backend that waits `delay` before every answer.
+    pub fn slow(name: &str, delay: Duration) -> Self {
+        let b = Self::start(name);
+        b.state.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+        b
+    }
+
+    /// Requests served, health checks excluded.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::Relaxed)
+    }
+
+    /// Health checks served.
+    pub fn health_checks(&self) -> usize {
+        self.state.health_checks.load(Ordering::Relaxed)
+    }
+
+    /// Makes `/health` answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Sets the status of ordinary answers.
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(u64::from(status), Ordering::Relaxed);
+    }
+
+    /// `"IP:PORT"` of the backend.
+    pub fn addr_str(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/health" {
+        state.health_checks.fetch_add(1, Ordering::Relaxed);
+        let status = if state.healthy.load(Ordering::Relaxed) { 200 } else { 503 };
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"health")))
+            .expect("response"));
+    }
+    state.hits.fetch_add(1, Ordering::Relaxed);
+    let header_u64 = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let delay = header_u64("x-test-delay-ms").unwrap_or(state.delay_ms.load(Ordering::Relaxed));
+    let status = header_u64("x-test-status").unwrap_or(state.status.load(Ordering::Relaxed));
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        let v = value.to_str().unwrap_or("<binary>").to_string();
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|e| {
+                if let serde_json::Value::String(s) = e {
+                    s.push_str(", ");
+                    s.push_str(&v);
+                }
+            })
+            .or_insert(serde_json::Value::String(v));
+    }
+    let body = serde_json::json!({
+        "backend": state.name,
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "headers": headers,
+    });
+    Ok(Response::builder()
+        .status(status as u16)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("response"))
+}
+
+/// Starts a TCP listener that accepts connections and resets them at once (no HTTP answer).
+pub fn resetting_backend() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            // SO_LINGER 0 turns the close into a RST.
+            let sock = socket2::SockRef::from(&stream);
+            let _ = sock.set_linger(Some(Duration::from_secs(0)));
+            drop(stream);
+        }
+    });
+    addr
+}
