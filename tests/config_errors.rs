@@ -1,0 +1,161 @@
+//! `gatehouse -t` reports every problem at once, each as FILE:LINE:COLUMN: KEY.PATH: MESSAGE,
+//! and exits 1; a valid file exits 0. The shipped configuration files must validate.
+
+mod common;
+use common::check_config;
+
+/// Asserts that `config` is rejected with a line `FILE:{at}: {expected}`.
+fn rejects(config: &str, at: &str, expected: &str) {
+    let (code, stderr, file) = check_config(config);
+    assert_eq!(code, 1, "exit code; stderr:\n{stderr}");
+    let want = format!("{file}:{at}: {expected}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&want)),
+        "expected a line starting with\n  {want}\ngot:\n{stderr}"
+    );
+}
+
+const UPSTREAM: &str = "[upstreams.users]\nbackends = [{ addr = \"127.0.0.1:9001\" }]\n";
+
+#[test]
+fn toml_syntax_error() {
+    rejects("[server\nlisten = []\n", "1:8", "TOML syntax error");
+}
+
+#[test]
+fn unknown_key() {
+    rejects(
+        &format!("{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"users\"\nupstrem = \"x\"\n"),
+        "7:1",
+        "routes[0].upstrem: unknown key \"upstrem\"",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    rejects("[server]\nthreads = \"two\"\n", "2:11", "server.threads: expected an integer, found string");
+}
+
+#[test]
+fn unknown_upstream() {
+    rejects(
+        &format!("{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"payments\"\n"),
+        "6:12",
+        "routes[0].upstream: unknown upstream \"payments\"",
+    );
+}
+
+#[test]
+fn duplicate_route_name() {
+    rejects(
+        &format!("{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"users\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/b\"\nupstream = \"users\"\n"),
+        "8:8",
+        "routes[1].name: duplicate route name \"a\"",
+    );
+}
+
+#[test]
+fn invalid_address_and_cidr() {
+    rejects("[server]\nlisten = [\"localhost\"]\n", "2:11", "server.listen[0]: invalid listen address");
+    rejects("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "2:20", "server.trusted_proxies[0]: invalid CIDR");
+    rejects(
+        "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1\" }]\n",
+        "2:22",
+        "upstreams.u.backends[0].addr: invalid backend address",
+    );
+}
+
+#[test]
+fn weight_zero() {
+    rejects(
+        "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\", weight = 0 }]\n",
+        "2:46",
+        "upstreams.u.backends[0].weight: must be an integer from 1 to 1000",
+    );
+}
+
+#[test]
+fn invalid_regex() {
+    rejects(
+        &format!("{UPSTREAM}[[routes]]\nname = \"a\"\npath_regex = \"([a-z\"\nupstream = \"users\"\n"),
+        "5:14",
+        "routes[0].path_regex: invalid regex \"([a-z\"",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    rejects(
+        "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }]\nread_timeout = \"30 parsecs\"\n",
+        "3:16",
+        "upstreams.u.read_timeout: invalid duration \"30 parsecs\"",
+    );
+}
+
+#[test]
+fn route_without_path_matcher() {
+    rejects(
+        &format!("{UPSTREAM}\n[[routes]]\nname = \"a\"\nupstream = \"users\"\n"),
+        "4:1",
+        "routes[0]: route has no path matcher",
+    );
+}
+
+#[test]
+fn consistent_hash_without_hash_key() {
+    rejects(
+        "[upstreams.u]\nbalance = \"consistent_hash\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n",
+        "1:1",
+        "upstreams.u: balance = \"consistent_hash\" needs hash_key",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_file_order() {
+    let config = r#"[server]
+threads = 0
+bogus = true
+
+[upstreams.u]
+balance = "fastest"
+backends = [{ addr = "127.0.0.1:1", weight = 0 }]
+
+[[routes]]
+name = "a"
+upstream = "nope"
+"#;
+    let (code, stderr, file) = check_config(config);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&file)).collect();
+    let expected = [
+        "2:11: server.threads",
+        "3:1: server.bogus",
+        "6:11: upstreams.u.balance",
+        "7:46: upstreams.u.backends[0].weight",
+        "9:1: routes[0]: route has no path matcher",
+        "11:12: routes[0].upstream",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, want) in lines.iter().zip(expected) {
+        assert!(line.starts_with(&format!("{file}:{want}")), "{line} vs {want}");
+    }
+    assert!(stderr.contains("configuration is invalid (6 problems)"), "{stderr}");
+}
+
+#[test]
+fn valid_file_exits_zero() {
+    let (code, stderr, _) = check_config(&format!(
+        "{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"users\"\n"
+    ));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn shipped_configuration_files_are_valid() {
+    for file in ["conf/gatehouse.toml", "conf/dev.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let (code, stderr, _) = check_config(&text);
+        assert_eq!(code, 0, "{file} is invalid:\n{stderr}");
+    }
+}
