@@ -20,7 +20,12 @@ process's listening sockets on [server] upgrade_sock), then send SIGQUIT to the 
 )]
 pub struct Cli {
     /// Configuration file.
-    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "/etc/gatehouse/gatehouse.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "/etc/gatehouse/gatehouse.toml"
+    )]
     pub config: PathBuf,
 
     /// Validate the configuration file, print every problem, and exit (0 valid, 1 invalid).

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use pingora::http::RequestHeader;
 use ipnet::IpNet;
+use pingora::http::RequestHeader;
 
 /// The set of peers whose `X-Forwarded-*` headers are believed. Empty by default.
 #[derive(Debug, Clone, Default)]
@@ -34,7 +34,9 @@ impl TrustedProxies {
         }
         let mut candidate = peer;
         for value in headers.get_all("x-forwarded-for").iter().rev() {
-            let Ok(text) = value.to_str() else { return candidate };
+            let Ok(text) = value.to_str() else {
+                return candidate;
+            };
             for entry in text.rsplit(',') {
                 let Ok(ip) = entry.trim().parse::<IpAddr>() else {
                     return candidate;
@@ -63,7 +65,12 @@ pub fn set_upstream_headers(
         req.remove_header(XFF);
         return Ok(());
     };
-    let existing = req.headers.get_all(XFF).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    let existing = req
+        .headers
+        .get_all(XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>();
     let xff = if peer_trusted && !existing.is_empty() {
         format!("{}, {peer}", existing.join(", "))
     } else {
@@ -123,6 +130,9 @@ mod tests {
         let t = TrustedProxies::new(&["10.0.0.0/8".parse().unwrap()]);
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         let h = headers("1.1.1.1, 198.51.100.7, 10.0.0.5");
-        assert_eq!(t.client_ip(peer, &h), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.client_ip(peer, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 }

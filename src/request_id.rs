@@ -74,10 +74,22 @@ mod tests {
 
     #[test]
     fn keeps_well_formed_and_replaces_the_rest() {
-        assert_eq!(RequestId::from_client_or_new(Some(b"abc-123")).as_str(), "abc-123");
+        assert_eq!(
+            RequestId::from_client_or_new(Some(b"abc-123")).as_str(),
+            "abc-123"
+        );
         let long = [b'a'; 129];
-        assert_eq!(RequestId::from_client_or_new(Some(&long)).as_str().len(), 32);
-        assert_ne!(RequestId::from_client_or_new(Some(b"bad id\"")).as_str(), "bad id\"");
-        assert_ne!(RequestId::generate().as_str(), RequestId::generate().as_str());
+        assert_eq!(
+            RequestId::from_client_or_new(Some(&long)).as_str().len(),
+            32
+        );
+        assert_ne!(
+            RequestId::from_client_or_new(Some(b"bad id\"")).as_str(),
+            "bad id\""
+        );
+        assert_ne!(
+            RequestId::generate().as_str(),
+            RequestId::generate().as_str()
+        );
     }
 }

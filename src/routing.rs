@@ -104,7 +104,10 @@ impl Router {
             .enumerate()
             .map(|(index, spec)| Entry {
                 index,
-                methods: spec.methods.as_deref().map_or(MethodSet::ANY, MethodSet::of),
+                methods: spec
+                    .methods
+                    .as_deref()
+                    .map_or(MethodSet::ANY, MethodSet::of),
                 spec: spec.clone(),
             })
             .collect();
@@ -114,7 +117,12 @@ impl Router {
                 PathMatch::Prefix(p) => (1, p.len()),
                 PathMatch::Regex(_) => (2, 0),
             };
-            (std::cmp::Reverse(e.spec.priority), rank, std::cmp::Reverse(len), e.index)
+            (
+                std::cmp::Reverse(e.spec.priority),
+                rank,
+                std::cmp::Reverse(len),
+                e.index,
+            )
         });
         Router {
             entries: entries.into_boxed_slice(),
@@ -275,8 +283,14 @@ path_prefix = "/"
 upstream = "u"
 "#,
         );
-        assert_eq!(find(&r, Method::GET, Some("A.Example.com:8080"), "/"), RouteMatch::Found(0));
-        assert_eq!(find(&r, Method::GET, Some("example.com"), "/"), RouteMatch::NotFound);
+        assert_eq!(
+            find(&r, Method::GET, Some("A.Example.com:8080"), "/"),
+            RouteMatch::Found(0)
+        );
+        assert_eq!(
+            find(&r, Method::GET, Some("example.com"), "/"),
+            RouteMatch::NotFound
+        );
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }

@@ -66,6 +66,10 @@ pub fn run(config: Config, cli: &Cli) -> ! {
     let health = background_service("health checks", HealthService::new(store));
     server.add_service(proxy);
     server.add_service(health);
-    log::info!("gatehouse {} listening on {:?}", env!("CARGO_PKG_VERSION"), listen);
+    log::info!(
+        "gatehouse {} listening on {:?}",
+        env!("CARGO_PKG_VERSION"),
+        listen
+    );
     server.run_forever()
 }

@@ -33,13 +33,19 @@ fn unknown_key() {
 
 #[test]
 fn wrong_type() {
-    rejects("[server]\nthreads = \"two\"\n", "2:11", "server.threads: expected an integer, found string");
+    rejects(
+        "[server]\nthreads = \"two\"\n",
+        "2:11",
+        "server.threads: expected an integer, found string",
+    );
 }
 
 #[test]
 fn unknown_upstream() {
     rejects(
-        &format!("{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"payments\"\n"),
+        &format!(
+            "{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"payments\"\n"
+        ),
         "6:12",
         "routes[0].upstream: unknown upstream \"payments\"",
     );
@@ -56,8 +62,16 @@ fn duplicate_route_name() {
 
 #[test]
 fn invalid_address_and_cidr() {
-    rejects("[server]\nlisten = [\"localhost\"]\n", "2:11", "server.listen[0]: invalid listen address");
-    rejects("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "2:20", "server.trusted_proxies[0]: invalid CIDR");
+    rejects(
+        "[server]\nlisten = [\"localhost\"]\n",
+        "2:11",
+        "server.listen[0]: invalid listen address",
+    );
+    rejects(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        "2:20",
+        "server.trusted_proxies[0]: invalid CIDR",
+    );
     rejects(
         "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1\" }]\n",
         "2:22",
@@ -77,7 +91,9 @@ fn weight_zero() {
 #[test]
 fn invalid_regex() {
     rejects(
-        &format!("{UPSTREAM}[[routes]]\nname = \"a\"\npath_regex = \"([a-z\"\nupstream = \"users\"\n"),
+        &format!(
+            "{UPSTREAM}[[routes]]\nname = \"a\"\npath_regex = \"([a-z\"\nupstream = \"users\"\n"
+        ),
         "5:14",
         "routes[0].path_regex: invalid regex \"([a-z\"",
     );
@@ -140,9 +156,15 @@ upstream = "nope"
     ];
     assert_eq!(lines.len(), expected.len(), "{stderr}");
     for (line, want) in lines.iter().zip(expected) {
-        assert!(line.starts_with(&format!("{file}:{want}")), "{line} vs {want}");
+        assert!(
+            line.starts_with(&format!("{file}:{want}")),
+            "{line} vs {want}"
+        );
     }
-    assert!(stderr.contains("configuration is invalid (6 problems)"), "{stderr}");
+    assert!(
+        stderr.contains("configuration is invalid (6 problems)"),
+        "{stderr}"
+    );
 }
 
 #[test]

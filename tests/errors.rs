@@ -25,7 +25,12 @@ upstream = "svc"
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_connection_is_502_json() {
     let gw = Gatehouse::start(&single(&format!("127.0.0.1:{}", free_port()), ""));
-    let resp = client().get(gw.url("/x")).header("x-request-id", "req-502").send().await.unwrap();
+    let resp = client()
+        .get(gw.url("/x"))
+        .header("x-request-id", "req-502")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body = json(resp).await;
@@ -47,9 +52,15 @@ async fn slow_upstream_is_504_after_the_read_timeout() {
     let start = Instant::now();
     let resp = client().get(gw.url("/x")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
-    assert!(start.elapsed() < Duration::from_secs(3), "answered before the backend did");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "answered before the backend did"
+    );
     let body = json(resp).await;
-    assert!(body["error"].as_str().unwrap().starts_with("gateway timeout"));
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("gateway timeout"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,7 +102,8 @@ fn malformed_http_gets_400() {
     let gw = Gatehouse::start(&single(&b.addr_str(), ""));
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header Without Colon\r\n\r\n").unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header Without Colon\r\n\r\n")
+        .unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);

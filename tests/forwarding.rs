@@ -58,7 +58,12 @@ async fn trusted_proxy_chain_is_extended() {
 async fn well_formed_request_id_is_kept_and_echoed() {
     let b = TestBackend::start("b");
     let gw = Gatehouse::start(&body(&b));
-    let resp = client().get(gw.url("/x")).header("x-request-id", "abc-123_x.y").send().await.unwrap();
+    let resp = client()
+        .get(gw.url("/x"))
+        .header("x-request-id", "abc-123_x.y")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "abc-123_x.y");
     assert_eq!(json(resp).await["headers"]["x-request-id"], "abc-123_x.y");
 }

@@ -31,7 +31,12 @@ upstream = "pool"
 
 /// Sends requests until `n` in a row avoid (or, with `want_hit`, one reaches) `target`;
 /// returns how long that took.
-async fn time_until(gw: &Gatehouse, target: &TestBackend, want_hit: bool, limit: Duration) -> Duration {
+async fn time_until(
+    gw: &Gatehouse,
+    target: &TestBackend,
+    want_hit: bool,
+    limit: Duration,
+) -> Duration {
     let c = client();
     let start = Instant::now();
     let mut clean = 0;
@@ -73,7 +78,10 @@ async fn failing_backend_is_ejected_in_time_and_returns() {
 
     a.set_healthy(true);
     let back_after = time_until(&gw, &a, true, Duration::from_secs(5)).await;
-    assert!(back_after <= Duration::from_millis(600 + 150), "back after {back_after:?}");
+    assert!(
+        back_after <= Duration::from_millis(600 + 150),
+        "back after {back_after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

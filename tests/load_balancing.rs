@@ -47,10 +47,21 @@ upstream = "pool"
         .max()
         .unwrap_or(0);
     assert!(longest_run <= 3, "run of {longest_run}");
-    let windows_with_b = order.windows(4).filter(|w| w.iter().any(|n| n == "b")).count();
-    assert_eq!(windows_with_b, order.windows(4).count(), "every 4 requests include b");
+    let windows_with_b = order
+        .windows(4)
+        .filter(|w| w.iter().any(|n| n == "b"))
+        .count();
+    assert_eq!(
+        windows_with_b,
+        order.windows(4).count(),
+        "every 4 requests include b"
+    );
     let pattern: Vec<&str> = order[..8].iter().map(String::as_str).collect();
-    assert_ne!(pattern[..4], ["a", "a", "a", "b"], "schedule must not be bursty: {pattern:?}");
+    assert_ne!(
+        pattern[..4],
+        ["a", "a", "a", "b"],
+        "schedule must not be bursty: {pattern:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,12 +108,17 @@ upstream = "pool"
     assert_eq!(slow_n + fast_n, 120);
     // Round robin would give the slow backend 60; least_conn gives it a handful.
     assert!(slow_n <= 20, "slow got {slow_n}, fast {fast_n}");
-    assert!(slow_n >= 1, "the slow backend is still used when it is free");
+    assert!(
+        slow_n >= 1,
+        "the slow backend is still used when it is free"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn consistent_hash_sticks_each_key_to_one_backend() {
-    let backends: Vec<TestBackend> = (0..4).map(|i| TestBackend::start(&format!("b{i}"))).collect();
+    let backends: Vec<TestBackend> = (0..4)
+        .map(|i| TestBackend::start(&format!("b{i}")))
+        .collect();
     let list = backends
         .iter()
         .map(|b| format!("{{ addr = \"{}\" }}", b.addr_str()))
@@ -124,15 +140,32 @@ upstream = "pool"
     let mut owners = HashMap::new();
     for user in 0..40 {
         let id = format!("user-{user}");
-        let first = backend_of(c.get(gw.url("/p")).header("x-user-id", &id).send().await.unwrap()).await;
+        let first = backend_of(
+            c.get(gw.url("/p"))
+                .header("x-user-id", &id)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         for _ in 0..4 {
-            let again = backend_of(c.get(gw.url("/p")).header("x-user-id", &id).send().await.unwrap()).await;
+            let again = backend_of(
+                c.get(gw.url("/p"))
+                    .header("x-user-id", &id)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
             assert_eq!(again, first, "{id} moved");
         }
         owners.insert(id, first);
     }
     let distinct: std::collections::HashSet<_> = owners.values().collect();
-    assert!(distinct.len() >= 3, "keys spread over backends: {distinct:?}");
+    assert!(
+        distinct.len() >= 3,
+        "keys spread over backends: {distinct:?}"
+    );
     // Requests without the key fall back to round robin over all backends.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..8 {
@@ -170,8 +203,22 @@ upstream = "bypath"
     let c = client();
     for s in 0..10 {
         let cookie = format!("theme=dark; session=s{s}");
-        let first = backend_of(c.get(gw.url("/c")).header("cookie", &cookie).send().await.unwrap()).await;
-        let again = backend_of(c.get(gw.url("/c")).header("cookie", &cookie).send().await.unwrap()).await;
+        let first = backend_of(
+            c.get(gw.url("/c"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let again = backend_of(
+            c.get(gw.url("/c"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(first, again);
         let path = format!("/p/{s}");
         let first = backend_of(c.get(gw.url(&path)).send().await.unwrap()).await;

@@ -5,7 +5,10 @@ mod common;
 use common::{client, json, Gatehouse, TestBackend};
 
 fn upstream(name: &str, b: &TestBackend) -> String {
-    format!("[upstreams.{name}]\nbackends = [{{ addr = \"{}\" }}]\n", b.addr_str())
+    format!(
+        "[upstreams.{name}]\nbackends = [{{ addr = \"{}\" }}]\n",
+        b.addr_str()
+    )
 }
 
 struct Setup {
@@ -15,7 +18,16 @@ struct Setup {
 /// One backend per route, each named after its route, so the answer says which route won.
 fn setup() -> Setup {
     let names = [
-        "exact", "prefix_short", "prefix_long", "regex", "wild", "host", "beta", "prio", "strip", "getonly",
+        "exact",
+        "prefix_short",
+        "prefix_long",
+        "regex",
+        "wild",
+        "host",
+        "beta",
+        "prio",
+        "strip",
+        "getonly",
     ];
     let mut config = String::new();
     for n in names {
@@ -85,7 +97,13 @@ upstream = "getonly"
     }
 }
 
-async fn backend_for(s: &Setup, method: &str, host: Option<&str>, path: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+async fn backend_for(
+    s: &Setup,
+    method: &str,
+    host: Option<&str>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
     let mut req = client().request(method.parse().unwrap(), s.gw.url(path));
     if let Some(h) = host {
         req = req.header("host", h);
@@ -145,8 +163,14 @@ async fn prefixes_match_only_on_segment_boundaries() {
 async fn exact_host_beats_wildcard_only_by_declaration_and_wildcard_needs_a_subdomain() {
     let s = setup();
     // Same priority and same prefix length: declaration order decides ("wild" first).
-    assert_eq!(route_of(&s, Some("shop.example.com"), "/site/a").await, "wild");
-    assert_eq!(route_of(&s, Some("A.B.Example.COM:8080"), "/site/a").await, "wild");
+    assert_eq!(
+        route_of(&s, Some("shop.example.com"), "/site/a").await,
+        "wild"
+    );
+    assert_eq!(
+        route_of(&s, Some("A.B.Example.COM:8080"), "/site/a").await,
+        "wild"
+    );
     let (status, _) = backend_for(&s, "GET", Some("example.com"), "/site/a", &[]).await;
     assert_eq!(status, 404);
     let (status, _) = backend_for(&s, "GET", Some("other.org"), "/site/a", &[]).await;
@@ -188,7 +212,8 @@ async fn header_matchers_and_priority_decide_between_equal_paths() {
 #[tokio::test(flavor = "multi_thread")]
 async fn strip_prefix_rewrites_the_path_and_keeps_the_query() {
     let s = setup();
-    let (status, body) = backend_for(&s, "GET", None, "/svc/orders/42?expand=items&x=%20y", &[]).await;
+    let (status, body) =
+        backend_for(&s, "GET", None, "/svc/orders/42?expand=items&x=%20y", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(body["backend"], "strip");
     assert_eq!(body["path"], "/orders/42?expand=items&x=%20y");
@@ -197,14 +222,26 @@ async fn strip_prefix_rewrites_the_path_and_keeps_the_query() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_method_gets_405_with_allow() {
     let s = setup();
-    let resp = client().delete(s.gw.url("/readonly/doc")).send().await.unwrap();
+    let resp = client()
+        .delete(s.gw.url("/readonly/doc"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "GET, HEAD");
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body = json(resp).await;
     assert_eq!(body["error"], "method not allowed on this route");
-    let head = client().head(s.gw.url("/readonly/doc")).send().await.unwrap();
+    let head = client()
+        .head(s.gw.url("/readonly/doc"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(head.status(), 200);
-    let get = client().get(s.gw.url("/readonly/doc")).send().await.unwrap();
+    let get = client()
+        .get(s.gw.url("/readonly/doc"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json(get).await["backend"], "getonly");
 }

@@ -16,7 +16,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use route::{HostMatch, PathMatch, RouteSpec};
 pub use server::ServerSettings;
 pub use upstream::{
-    Balance, BackendSpec, HashKey, HealthCheckKind, HealthCheckSpec, Timeouts, UpstreamSpec,
+    BackendSpec, Balance, HashKey, HealthCheckKind, HealthCheckSpec, Timeouts, UpstreamSpec,
 };
 
 use reader::{Node, Reader};
@@ -65,7 +65,11 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     if !syntax_errors.is_empty() {
         for e in syntax_errors {
             let span = e.span().unwrap_or(0..0);
-            r.error_at(span, "", format!("TOML syntax error: {}", e.message().trim()));
+            r.error_at(
+                span,
+                "",
+                format!("TOML syntax error: {}", e.message().trim()),
+            );
         }
         return Err(ConfigErrors(r.into_errors()));
     }
@@ -83,7 +87,11 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         if let Some(t) = r.map(&n) {
             for (name, key_span, value) in t.entries() {
                 if !upstream::valid_name(name) {
-                    r.error_at(key_span, value.path(), "upstream name must be 1-64 characters of A-Z a-z 0-9 _ - .");
+                    r.error_at(
+                        key_span,
+                        value.path(),
+                        "upstream name must be 1-64 characters of A-Z a-z 0-9 _ - .",
+                    );
                     continue;
                 }
                 declared.push(name);

@@ -103,11 +103,7 @@ impl<'s> Reader<'s> {
     }
 
     /// Reads `node` as a table whose keys must all be in `known`; reports each unknown key.
-    pub fn table<'a, 'i>(
-        &mut self,
-        node: &Node<'a, 'i>,
-        known: &[&str],
-    ) -> Option<Table<'a, 'i>> {
+    pub fn table<'a, 'i>(&mut self, node: &Node<'a, 'i>, known: &[&str]) -> Option<Table<'a, 'i>> {
         let DeValue::Table(map) = node.value() else {
             self.type_error(node, "a table");
             return None;
@@ -120,7 +116,11 @@ impl<'s> Reader<'s> {
                 } else {
                     format!(" (expected one of: {})", known.join(", "))
                 };
-                self.error_at(key.span(), &path, format!("unknown key \"{}\"{hint}", key.get_ref()));
+                self.error_at(
+                    key.span(),
+                    &path,
+                    format!("unknown key \"{}\"{hint}", key.get_ref()),
+                );
             }
         }
         Some(Table {
@@ -182,9 +182,10 @@ impl<'s> Reader<'s> {
             Some(rest) => (true, rest.to_string()),
             None => (false, digits.trim_start_matches('+').to_string()),
         };
-        let parsed = i64::from_str_radix(&digits, i.radix())
-            .ok()
-            .map(|v| if negative { -v } else { v });
+        let parsed =
+            i64::from_str_radix(&digits, i.radix())
+                .ok()
+                .map(|v| if negative { -v } else { v });
         match parsed {
             Some(v) if (min..=max).contains(&v) => Some(v),
             _ => {
@@ -206,7 +207,9 @@ impl<'s> Reader<'s> {
             Err(e) => {
                 self.error(
                     node,
-                    format!("invalid duration \"{text}\": {e} (examples: \"500ms\", \"30s\", \"2m\")"),
+                    format!(
+                        "invalid duration \"{text}\": {e} (examples: \"500ms\", \"30s\", \"2m\")"
+                    ),
                 );
                 None
             }
@@ -232,7 +235,10 @@ impl<'s> Reader<'s> {
     }
 
     /// Reads an array of strings, reporting each non-string element.
-    pub fn strings<'a>(&mut self, node: &Node<'a, '_>) -> Option<Vec<(&'a str, Range<usize>, String)>> {
+    pub fn strings<'a>(
+        &mut self,
+        node: &Node<'a, '_>,
+    ) -> Option<Vec<(&'a str, Range<usize>, String)>> {
         let DeValue::Array(items) = node.value() else {
             self.type_error(node, "an array of strings");
             return None;
@@ -245,7 +251,11 @@ impl<'s> Reader<'s> {
                 DeValue::String(s) => out.push((s.as_ref(), item.span(), path)),
                 other => {
                     ok = false;
-                    self.error_at(item.span(), &path, format!("expected a string, found {}", other.type_str()));
+                    self.error_at(
+                        item.span(),
+                        &path,
+                        format!("expected a string, found {}", other.type_str()),
+                    );
                 }
             }
         }
@@ -267,7 +277,11 @@ impl<'a, 'i> Table<'a, 'i> {
     pub fn require(&self, r: &mut Reader<'_>, key: &str) -> Option<Node<'a, 'i>> {
         let found = self.get(key);
         if found.is_none() {
-            r.error_at(self.span.clone(), &self.path, format!("missing required key \"{key}\""));
+            r.error_at(
+                self.span.clone(),
+                &self.path,
+                format!("missing required key \"{key}\""),
+            );
         }
         found
     }
@@ -299,7 +313,10 @@ impl<'a, 'i> Table<'a, 'i> {
 }
 
 fn join(base: &str, key: &str) -> String {
-    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     match (base.is_empty(), plain) {
         (true, true) => key.to_string(),
         (true, false) => format!("\"{key}\""),

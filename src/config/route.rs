@@ -84,7 +84,10 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Opti
     let name = t.require(r, "name").and_then(|n| {
         let v = r.string(&n)?;
         if !super::upstream::valid_name(v) {
-            r.error(&n, "route name must be 1-64 characters of A-Z a-z 0-9 _ - .");
+            r.error(
+                &n,
+                "route name must be 1-64 characters of A-Z a-z 0-9 _ - .",
+            );
             return None;
         }
         Some(v.to_string())
@@ -94,7 +97,12 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Opti
         let v = r.string(&n)?;
         let parsed = parse_host(v);
         if parsed.is_none() {
-            r.error(&n, format!("invalid host \"{v}\" (expected a name like api.example.com or *.example.com)"));
+            r.error(
+                &n,
+                format!(
+                    "invalid host \"{v}\" (expected a name like api.example.com or *.example.com)"
+                ),
+            );
         }
         parsed
     });
@@ -116,7 +124,10 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Opti
         }
         [(key, n)] => read_path(r, key, n),
         [_, (_, second), ..] => {
-            r.error(second, "a route takes exactly one of path_exact, path_prefix, path_regex");
+            r.error(
+                second,
+                "a route takes exactly one of path_exact, path_prefix, path_regex",
+            );
             None
         }
     };
@@ -124,14 +135,24 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Opti
     let methods = t.get("methods").and_then(|n| {
         let items = r.strings(&n)?;
         if items.is_empty() {
-            r.error(&n, "methods must not be empty (omit it to allow every method)");
+            r.error(
+                &n,
+                "methods must not be empty (omit it to allow every method)",
+            );
             return None;
         }
         let mut out = Vec::new();
         for (text, span, path) in items {
             let upper = text.to_ascii_uppercase();
             if !METHODS.contains(&upper.as_str()) {
-                r.error_at(span, &path, format!("unknown method \"{text}\" (expected one of {})", METHODS.join(", ")));
+                r.error_at(
+                    span,
+                    &path,
+                    format!(
+                        "unknown method \"{text}\" (expected one of {})",
+                        METHODS.join(", ")
+                    ),
+                );
                 continue;
             }
             if let Ok(m) = Method::from_bytes(upper.as_bytes()) {
@@ -143,7 +164,10 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Opti
         Some(out)
     });
 
-    let headers = t.get("headers").map(|n| read_headers(r, &n)).unwrap_or_default();
+    let headers = t
+        .get("headers")
+        .map(|n| read_headers(r, &n))
+        .unwrap_or_default();
 
     let upstream = t.require(r, "upstream").and_then(|n| {
         let v = r.string(&n)?;
@@ -165,7 +189,9 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Opti
 
     let priority = match t.get("priority") {
         None => Some(0),
-        Some(n) => r.integer(&n, i64::from(i32::MIN), i64::from(i32::MAX)).map(|v| v as i32),
+        Some(n) => r
+            .integer(&n, i64::from(i32::MIN), i64::from(i32::MAX))
+            .map(|v| v as i32),
     };
 
     if r.error_count() > errors_before {
@@ -189,14 +215,23 @@ fn read_path(r: &mut Reader<'_>, key: &str, n: &Node<'_, '_>) -> Option<PathMatc
         return match Regex::new(v) {
             Ok(re) => Some(PathMatch::Regex(re)),
             Err(e) => {
-                let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                let detail = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
                 r.error(n, format!("invalid regex \"{v}\": {detail}"));
                 None
             }
         };
     }
     if !v.starts_with('/') || http::uri::PathAndQuery::try_from(v).is_err() || v.contains('?') {
-        r.error(n, format!("invalid path \"{v}\" (must start with / and hold no query)"));
+        r.error(
+            n,
+            format!("invalid path \"{v}\" (must start with / and hold no query)"),
+        );
         return None;
     }
     Some(if key == "path_exact" {
@@ -215,10 +250,16 @@ fn read_headers(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Vec<(HeaderName, Header
     let mut out = Vec::new();
     for (key, key_span, value) in t.entries() {
         let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
-            r.error_at(key_span, value.path(), format!("invalid header name \"{key}\""));
+            r.error_at(
+                key_span,
+                value.path(),
+                format!("invalid header name \"{key}\""),
+            );
             continue;
         };
-        let Some(text) = r.string(&value) else { continue };
+        let Some(text) = r.string(&value) else {
+            continue;
+        };
         match HeaderValue::from_str(text) {
             Ok(v) => out.push((name, v)),
             Err(_) => r.error(&value, "invalid header value"),
@@ -232,7 +273,9 @@ fn parse_host(v: &str) -> Option<HostMatch> {
     let label_ok = |s: &str| {
         !s.is_empty()
             && s.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             })
     };
     if let Some(rest) = lower.strip_prefix("*.") {

@@ -55,7 +55,9 @@ const KEYS: &[&str] = &[
 pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> ServerSettings {
     let mut s = ServerSettings::default();
     let Some(node) = node else { return s };
-    let Some(t) = r.table(node, KEYS) else { return s };
+    let Some(t) = r.table(node, KEYS) else {
+        return s;
+    };
 
     if let Some(n) = t.get("listen") {
         if let Some(items) = r.strings(&n) {

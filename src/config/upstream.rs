@@ -244,7 +244,9 @@ pub fn read(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<Upstr
 fn read_hash_key(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HashKey> {
     let text = r.string(n)?;
     let key = if let Some(h) = text.strip_prefix("header:") {
-        HeaderName::from_bytes(h.as_bytes()).ok().map(HashKey::Header)
+        HeaderName::from_bytes(h.as_bytes())
+            .ok()
+            .map(HashKey::Header)
     } else if let Some(c) = text.strip_prefix("cookie:") {
         (!c.is_empty() && !c.contains([';', '=', ' '])).then(|| HashKey::Cookie(c.to_string()))
     } else if text == "client_ip" {
@@ -279,9 +281,7 @@ fn read_backend(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<BackendSpec> {
     });
     let weight = match t.get("weight") {
         None => Some(1),
-        Some(w) => r
-            .integer(&w, 1, i64::from(MAX_WEIGHT))
-            .map(|v| v as u32),
+        Some(w) => r.integer(&w, 1, i64::from(MAX_WEIGHT)).map(|v| v as u32),
     };
     Some(BackendSpec {
         addr: addr?,
@@ -310,7 +310,10 @@ fn read_health(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HealthCheckSpec> 
             Some("http") => true,
             Some("tcp") => false,
             Some(other) => {
-                r.error(&n, format!("unknown health check type \"{other}\" (expected http or tcp)"));
+                r.error(
+                    &n,
+                    format!("unknown health check type \"{other}\" (expected http or tcp)"),
+                );
                 ok = false;
                 true
             }
@@ -327,7 +330,10 @@ fn read_health(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HealthCheckSpec> 
                 path = p.to_string()
             }
             Some(p) => {
-                r.error(&n, format!("invalid health check path \"{p}\" (must start with /)"));
+                r.error(
+                    &n,
+                    format!("invalid health check path \"{p}\" (must start with /)"),
+                );
                 ok = false;
             }
             None => ok = false,
@@ -336,7 +342,9 @@ fn read_health(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HealthCheckSpec> 
     let mut host = "localhost".to_string();
     if let Some(n) = t.get("host") {
         match r.string(&n) {
-            Some(h) if http::HeaderValue::from_str(h).is_ok() && !h.is_empty() => host = h.to_string(),
+            Some(h) if http::HeaderValue::from_str(h).is_ok() && !h.is_empty() => {
+                host = h.to_string()
+            }
             Some(_) => {
                 r.error(&n, "invalid Host header value");
                 ok = false;

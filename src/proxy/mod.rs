@@ -49,7 +49,11 @@ impl ProxyHttp for Gateway {
         ctx.request_id = crate::request_id::RequestId::from_client_or_new(
             req.headers.get(REQUEST_ID).map(HeaderValue::as_bytes),
         );
-        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             let trusted = ctx.snapshot.trusted();
             ctx.peer_trusted = trusted.contains(peer);
             ctx.client_ip = Some(trusted.client_ip(peer, &req.headers));
@@ -78,13 +82,21 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
         let snapshot = &ctx.snapshot;
         let upstream = &snapshot.config().routes[route].upstream;
-        let Some(cluster) = snapshot.config().upstream_index(upstream).map(|i| &snapshot.clusters()[i]) else {
+        let Some(cluster) = snapshot
+            .config()
+            .upstream_index(upstream)
+            .map(|i| &snapshot.clusters()[i])
+        else {
             return Error::e_explain(ErrorType::InternalError, "route names an unknown upstream");
         };
         let mut ip_buf = [0u8; 16];
@@ -102,13 +114,22 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(member.peer.clone()))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // Nothing reached the upstream: try one other healthy backend, once.
         if ctx.failed_backend.is_none() {
             if let Some(route) = ctx.route {
                 let snapshot = &ctx.snapshot;
                 let upstream = &snapshot.config().routes[route].upstream;
-                let cluster = snapshot.config().upstream_index(upstream).map(|i| &snapshot.clusters()[i]);
+                let cluster = snapshot
+                    .config()
+                    .upstream_index(upstream)
+                    .map(|i| &snapshot.clusters()[i]);
                 if cluster.is_some_and(|c| c.has_available(ctx.backend)) {
                     ctx.failed_backend = ctx.backend;
                     e.set_retry(true);
@@ -135,7 +156,10 @@ impl ProxyHttp for Gateway {
         }
         crate::forwarding::set_upstream_headers(
             upstream_request,
-            session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
             ctx.peer_trusted,
             request_host(session.req_header()),
         )?;
@@ -143,12 +167,22 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         if ctx.request_id.as_str().is_empty() {
             // Failed before request_filter ran (e.g. malformed request).
             ctx.request_id = crate::request_id::RequestId::generate();

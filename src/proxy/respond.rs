@@ -56,7 +56,12 @@ pub fn body(message: &str, request_id: &str) -> Bytes {
 }
 
 /// Builds the header of a JSON error response.
-pub fn error_header(status: u16, len: usize, request_id: &str, extra: &[(&'static str, &str)]) -> pingora::Result<ResponseHeader> {
+pub fn error_header(
+    status: u16,
+    len: usize,
+    request_id: &str,
+    extra: &[(&'static str, &str)],
+) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;

@@ -44,17 +44,28 @@ impl BackendState {
     }
 
     /// Records one health check result; returns `Some(new_health)` when health flipped.
-    pub fn observe(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Option<bool> {
+    pub fn observe(
+        &self,
+        ok: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<bool> {
         if ok {
             self.fail_streak.store(0, Ordering::Relaxed);
-            let streak = self.ok_streak.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let streak = self
+                .ok_streak
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
             if !self.is_healthy() && streak >= healthy_threshold {
                 self.healthy.store(true, Ordering::Relaxed);
                 return Some(true);
             }
         } else {
             self.ok_streak.store(0, Ordering::Relaxed);
-            let streak = self.fail_streak.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let streak = self
+                .fail_streak
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
             if self.is_healthy() && streak >= unhealthy_threshold {
                 self.healthy.store(false, Ordering::Relaxed);
                 return Some(false);

@@ -53,7 +53,11 @@ impl HashRing {
         let total_weight: u32 = backends.iter().map(|(_, w)| *w).sum();
         HashRing {
             ring: Continuum::new(&buckets),
-            index: backends.iter().enumerate().map(|(i, (a, _))| (*a, i)).collect(),
+            index: backends
+                .iter()
+                .enumerate()
+                .map(|(i, (a, _))| (*a, i))
+                .collect(),
             // Ketama places 160 points per unit of weight.
             max_steps: (total_weight as usize).saturating_mul(160).max(1),
         }

@@ -82,7 +82,10 @@ async fn run_round(cluster: Arc<Cluster>) {
         let target = member.check_target.clone();
         let timeout = checker.spec.timeout;
         probes.spawn(async move {
-            let ok = matches!(tokio::time::timeout(timeout, probe.check(&target)).await, Ok(Ok(())));
+            let ok = matches!(
+                tokio::time::timeout(timeout, probe.check(&target)).await,
+                Ok(Ok(()))
+            );
             (i, ok)
         });
     }
@@ -90,9 +93,20 @@ async fn run_round(cluster: Arc<Cluster>) {
         let Ok((i, ok)) = joined else { continue };
         let member = &cluster.members()[i];
         let spec = &checker.spec;
-        match member.state.observe(ok, spec.healthy_threshold, spec.unhealthy_threshold) {
-            Some(true) => log::info!("upstream {} backend {} is healthy again", cluster.name(), member.addr),
-            Some(false) => log::warn!("upstream {} backend {} is unhealthy", cluster.name(), member.addr),
+        match member
+            .state
+            .observe(ok, spec.healthy_threshold, spec.unhealthy_threshold)
+        {
+            Some(true) => log::info!(
+                "upstream {} backend {} is healthy again",
+                cluster.name(),
+                member.addr
+            ),
+            Some(false) => log::warn!(
+                "upstream {} backend {} is unhealthy",
+                cluster.name(),
+                member.addr
+            ),
             None => {}
         }
     }

@@ -48,7 +48,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds a cluster; backend state is taken from `reuse` where the address is already known.
-    pub fn new(spec: &UpstreamSpec, reuse: impl Fn(SocketAddr) -> Option<Arc<BackendState>>) -> Self {
+    pub fn new(
+        spec: &UpstreamSpec,
+        reuse: impl Fn(SocketAddr) -> Option<Arc<BackendState>>,
+    ) -> Self {
         let members: Vec<Member> = spec
             .backends
             .iter()
@@ -81,7 +84,8 @@ impl Cluster {
             Balance::RoundRobin => Picker::RoundRobin(schedule()),
             Balance::LeastConn => Picker::LeastConn,
             Balance::ConsistentHash(key) => {
-                let pairs: Vec<(SocketAddr, u32)> = members.iter().map(|m| (m.addr, m.weight)).collect();
+                let pairs: Vec<(SocketAddr, u32)> =
+                    members.iter().map(|m| (m.addr, m.weight)).collect();
                 Picker::Hash(key.clone(), HashRing::new(&pairs), schedule())
             }
         };
@@ -207,6 +211,9 @@ mod tests {
         assert!((0..4).all(|_| c.select(None, None) == Some(1)));
         let _busy2 = InflightGuard::new(&c.members()[1].state);
         let picks: Vec<usize> = (0..4).map(|_| c.select(None, None).unwrap()).collect();
-        assert!(picks.contains(&0) && picks.contains(&1), "ties rotate: {picks:?}");
+        assert!(
+            picks.contains(&0) && picks.contains(&1),
+            "ties rotate: {picks:?}"
+        );
     }
 }

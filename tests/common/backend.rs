@@ -57,7 +57,9 @@ impl TestBackend {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
                     let state = Arc::clone(&serve_state);
                     tokio::spawn(async move {
                         let service = service_fn(move |req| handle(Arc::clone(&state), req));
@@ -74,7 +76,9 @@ impl TestBackend {
     /// Starts a backend that waits `delay` before every answer.
     pub fn slow(name: &str, delay: Duration) -> Self {
         let b = Self::start(name);
-        b.state.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+        b.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
         b
     }
 
@@ -95,7 +99,9 @@ impl TestBackend {
 
     /// Sets the status of ordinary answers.
     pub fn set_status(&self, status: u16) {
-        self.state.status.store(u64::from(status), Ordering::Relaxed);
+        self.state
+            .status
+            .store(u64::from(status), Ordering::Relaxed);
     }
 
     /// `"IP:PORT"` of the backend.
@@ -104,10 +110,17 @@ impl TestBackend {
     }
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/health" {
         state.health_checks.fetch_add(1, Ordering::Relaxed);
-        let status = if state.healthy.load(Ordering::Relaxed) { 200 } else { 503 };
+        let status = if state.healthy.load(Ordering::Relaxed) {
+            200
+        } else {
+            503
+        };
         return Ok(Response::builder()
             .status(status)
             .body(Full::new(Bytes::from_static(b"health")))

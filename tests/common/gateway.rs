@@ -72,7 +72,11 @@ impl Gatehouse {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("gatehouse did not listen on {} in time:\n{}", self.addr, self.stderr());
+        panic!(
+            "gatehouse did not listen on {} in time:\n{}",
+            self.addr,
+            self.stderr()
+        );
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -95,7 +99,10 @@ impl Drop for Gatehouse {
 
 /// Runs `gatehouse -t` on `config`; returns (exit code, stderr, the file's path as printed).
 pub fn check_config(config: &str) -> (i32, String, String) {
-    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("tempfile");
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("tempfile");
     file.write_all(config.as_bytes()).expect("write");
     let path: PathBuf = file.path().to_path_buf();
     let out = Command::new(binary())

@@ -1,0 +1,126 @@
+//! Route lookup and backend selection allocate nothing: counted with a global allocator
+//! wrapper over the calling thread only.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::Path;
+
+use gatehouse::routing::{RequestView, RouteMatch, Router};
+use gatehouse::snapshot::Snapshot;
+use http::{HeaderMap, Method};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+/// 100 routes: exact, prefix (with hosts and headers) and regex, over three upstreams.
+fn config() -> String {
+    let mut c = String::from(
+        "[upstreams.rr]\nbackends = [{ addr = \"127.0.0.1:1\", weight = 3 }, { addr = \"127.0.0.1:2\" }]\n\
+         [upstreams.lc]\nbalance = \"least_conn\"\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }]\n\
+         [upstreams.ch]\nbalance = \"consistent_hash\"\nhash_key = \"header:x-user\"\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }, { addr = \"127.0.0.1:3\" }]\n",
+    );
+    for i in 0..100 {
+        let matcher = match i % 4 {
+            0 => format!("path_exact = \"/svc{i}/exact\""),
+            1 => format!("path_prefix = \"/svc{i}\"\nhost = \"*.example.com\""),
+            2 => format!("path_prefix = \"/svc{i}/v1\"\nheaders = {{ \"x-tenant\" = \"t{i}\" }}"),
+            _ => format!("path_regex = \"^/svc{i}/items/[0-9]+$\""),
+        };
+        c.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\n{matcher}\nupstream = \"rr\"\n"
+        ));
+    }
+    c
+}
+
+#[test]
+fn route_lookup_allocates_nothing() {
+    let cfg = gatehouse::config::parse(Path::new("bench.toml"), &config()).expect("valid");
+    let router = Router::new(&cfg.routes);
+    let mut headers = HeaderMap::new();
+    headers.insert("x-tenant", "t98".parse().unwrap());
+    let requests = [
+        (Some("a.example.com"), "/svc97/deep/path"),
+        (None, "/svc98/v1/x"),
+        (None, "/svc99/items/42"),
+        (None, "/svc96/exact"),
+        (None, "/nothing/here"),
+    ];
+    let lookup = |host: Option<&str>, path: &str| {
+        router.lookup(&RequestView {
+            method: &Method::GET,
+            host,
+            path,
+            headers: &headers,
+        })
+    };
+    // Warm-up: the regex engine sets up its per-thread cache on first use.
+    for (h, p) in requests {
+        lookup(h, p);
+    }
+    let mut results = Vec::with_capacity(5000);
+    let n = allocations_during(|| {
+        for _ in 0..1000 {
+            for (h, p) in requests {
+                results.push(lookup(h, p));
+            }
+        }
+    });
+    assert_eq!(n, 0, "lookups allocated {n} times");
+    assert_eq!(results[0], RouteMatch::Found(97));
+    assert_eq!(results[1], RouteMatch::Found(98));
+    assert_eq!(results[2], RouteMatch::Found(99));
+    assert_eq!(results[3], RouteMatch::Found(96));
+    assert_eq!(results[4], RouteMatch::NotFound);
+}
+
+#[test]
+fn backend_selection_allocates_nothing() {
+    let cfg = gatehouse::config::parse(Path::new("bench.toml"), &config()).expect("valid");
+    let snapshot = Snapshot::build(cfg, None);
+    let clusters = snapshot.clusters();
+    let mut picks = Vec::with_capacity(3000);
+    for c in clusters {
+        c.select(Some(b"user-1"), None);
+    }
+    let n = allocations_during(|| {
+        for i in 0..1000u32 {
+            let key = i.to_le_bytes();
+            for c in clusters {
+                picks.push(c.select(Some(&key), None));
+            }
+        }
+    });
+    assert_eq!(n, 0, "selection allocated {n} times");
+    assert!(picks.iter().all(Option::is_some));
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    let n = allocations_during(|| {
+        std::hint::black_box(vec![1u8; 16]);
+    });
+    assert!(n >= 1);
+}
