@@ -1,0 +1,154 @@
+//! In-process reload: re-read the configuration file and, when it is valid, swap in a new
+//! snapshot atomically (requests in flight keep the snapshot they started with). Triggered by
+//! SIGHUP and `POST /admin/reload`. Settings that only a restart or upgrade can change are
+//! reported as such rather than silently ignored.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::snapshot::{Snapshot, SnapshotStore};
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// The new snapshot is live. Lists the changed settings that still need an upgrade.
+    Applied {
+        /// Keys whose new values take effect only after a restart or upgrade.
+        needs_upgrade: Vec<&'static str>,
+    },
+    /// The file is invalid; the running snapshot is unchanged.
+    Rejected(ConfigErrors),
+}
+
+/// Re-reads the configuration file into the snapshot store.
+pub struct Reloader {
+    path: PathBuf,
+    store: SnapshotStore,
+    metrics: Arc<Metrics>,
+    /// The process-level settings the process started with.
+    started_with: Config,
+    serial: Mutex<()>,
+}
+
+impl Reloader {
+    /// A reloader for the file at `path`; `started_with` is the configuration the process was
+    /// started with.
+    pub fn new(path: PathBuf, store: SnapshotStore, metrics: Arc<Metrics>, started_with: Config) -> Self {
+        Reloader {
+            path,
+            store,
+            metrics,
+            started_with,
+            serial: Mutex::new(()),
+        }
+    }
+
+    /// Reloads now. Concurrent calls are serialised.
+    pub fn reload(&self) -> ReloadOutcome {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        match config::load(&self.path) {
+            Err(errors) => {
+                self.metrics.config_reload(false);
+                log::error!("reload rejected, keeping the running configuration:\n{errors}");
+                ReloadOutcome::Rejected(errors)
+            }
+            Ok(new) => {
+                let needs_upgrade = fixed_settings_changed(&self.started_with, &new);
+                if !needs_upgrade.is_empty() {
+                    log::warn!(
+                        "reload: {} changed; these take effect only after an upgrade or restart",
+                        needs_upgrade.join(", ")
+                    );
+                }
+                let old = self.store.load();
+                let snapshot = Snapshot::build(new, Some(&old));
+                self.metrics.register_snapshot(&snapshot);
+                self.store.store(snapshot);
+                self.metrics.config_reload(true);
+                log::info!("configuration reloaded from {}", self.path.display());
+                ReloadOutcome::Applied { needs_upgrade }
+            }
+        }
+    }
+}
+
+fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.server, &new.server);
+    let mut changed = Vec::new();
+    if a.listen != b.listen {
+        changed.push("server.listen");
+    }
+    if a.threads != b.threads {
+        changed.push("server.threads");
+    }
+    if a.pid_file != b.pid_file {
+        changed.push("server.pid_file");
+    }
+    if a.upgrade_sock != b.upgrade_sock {
+        changed.push("server.upgrade_sock");
+    }
+    if a.grace_period != b.grace_period {
+        changed.push("server.grace_period");
+    }
+    if a.graceful_shutdown_timeout != b.graceful_shutdown_timeout {
+        changed.push("server.graceful_shutdown_timeout");
+    }
+    if old.admin.as_ref().map(|x| x.listen) != new.admin.as_ref().map(|x| x.listen) {
+        changed.push("admin.listen");
+    }
+    if old.access_log != new.access_log {
+        changed.push("access_log");
+    }
+    changed
+}
+
+/// Set by the SIGHUP handler, consumed by [`SighupService`].
+static SIGHUP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the SIGHUP handler. Call first thing in `main`: SIGHUP's default action kills the
+/// process, and Pingora installs no handler for it. The handler only sets a flag, so it
+/// survives daemonising (which loses threads but keeps signal dispositions).
+pub fn install_sighup_handler() -> std::io::Result<()> {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { signal_hook::low_level::register(signal_hook::consts::SIGHUP, || SIGHUP.store(true, Ordering::SeqCst)) }
+        .map(|_| ())
+}
+
+/// Background service that performs a reload whenever SIGHUP was received.
+pub struct SighupService {
+    reloader: Arc<Reloader>,
+}
+
+impl SighupService {
+    /// A service reloading through `reloader`.
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        SighupService { reloader }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for SighupService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            if SIGHUP.swap(false, Ordering::SeqCst) {
+                log::info!("SIGHUP received: reloading");
+                let reloader = Arc::clone(&self.reloader);
+                // Loading reads a file and may resolve names: keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        }
+    }
+}
