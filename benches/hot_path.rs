@@ -58,7 +58,7 @@ fn routing(c: &mut Criterion) {
 
 fn selection(c: &mut Criterion) {
     let cfg = gatehouse::config::parse(Path::new("bench.toml"), &config()).expect("valid");
-    let snapshot = Snapshot::build(cfg, None);
+    let snapshot = Snapshot::build(cfg, None, &gatehouse::metrics::Metrics::new());
     let mut g = c.benchmark_group("backend_select_4_backends");
     for (name, cluster) in ["round_robin", "least_conn", "consistent_hash"]
         .into_iter()

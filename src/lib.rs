@@ -17,10 +17,14 @@
 
 #![warn(missing_docs)]
 
+pub mod access_log;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod forwarding;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod request_id;
 pub mod routing;
 pub mod server;

@@ -1,4 +1,5 @@
-//! The `gatehouse` binary: parse the command line, load the configuration, run.
+//! The `gatehouse` binary: install the SIGHUP handler, parse the command line, load the
+//! configuration, run.
 
 use std::process::ExitCode;
 
@@ -9,6 +10,11 @@ use gatehouse::cli::Cli;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // First: SIGHUP's default action would kill the process.
+    if let Err(e) = gatehouse::reload::install_sighup_handler() {
+        eprintln!("cannot install the SIGHUP handler: {e}");
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match gatehouse::config::load(&cli.config) {

@@ -69,7 +69,7 @@ impl Reloader {
                     );
                 }
                 let old = self.store.load();
-                let snapshot = Snapshot::build(new, Some(&old));
+                let snapshot = Snapshot::build(new, Some(&old), &self.metrics);
                 self.metrics.register_snapshot(&snapshot);
                 self.store.store(snapshot);
                 self.metrics.config_reload(true);

@@ -1,14 +1,21 @@
-//! Builds and runs the Pingora server from a validated configuration: process settings,
-//! the proxy service with its listeners, and the health-check background service.
+//! Builds and runs the Pingora server from a validated configuration: process settings, the
+//! bootstrap (socket handover) service, the proxy and admin listeners, and the background
+//! services (health checks, SIGHUP reload, access log writer).
+
+use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
+use crate::admin::AdminApp;
 use crate::cli::Cli;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::reload::{Reloader, SighupService};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::upstream::health::HealthService;
 
@@ -26,8 +33,8 @@ pub fn server_conf(config: &Config, cli: &Cli) -> ServerConf {
         grace_period_seconds: Some(ceil_secs(s.grace_period)),
         graceful_shutdown_timeout_seconds: Some(ceil_secs(s.graceful_shutdown_timeout)),
         daemon: cli.daemon,
-        // With --daemon, return only once the new process is ready (see the README's upgrade
-        // section for why this order matters).
+        // With --daemon, return only once the new process is ready and waiting for the
+        // listening sockets (see the README's upgrade section for why this order matters).
         daemon_wait_for_ready: true,
         ..ServerConf::default()
     }
@@ -42,34 +49,58 @@ pub fn run(config: Config, cli: &Cli) -> ! {
     };
     let conf = server_conf(&config, cli);
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // As a service, bootstrap runs after daemonising, so the parent is told "ready" before the
+    // new process waits for the old one's sockets; the listeners depend on it.
+    let bootstrap = server.bootstrap_as_a_service();
 
-    let listen = config.server.listen.clone();
-    let threads = config.server.threads;
-    let store = SnapshotStore::new(Snapshot::build(config, None));
+    let metrics = Metrics::new();
+    let store = SnapshotStore::new(Snapshot::build(config.clone(), None, &metrics));
+    metrics.register_snapshot(&store.load());
+    let reloader = Arc::new(Reloader::new(
+        config.source.clone(),
+        store.clone(),
+        Arc::clone(&metrics),
+        config.clone(),
+    ));
+    let (access_log, access_log_writer) =
+        crate::access_log::new(&config.access_log, metrics.access_log_dropped.clone());
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(store.clone()),
+        Gateway::new(store.clone(), Arc::clone(&metrics), access_log),
         "gatehouse proxy",
     );
-    for addr in &listen {
+    for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
-    proxy.threads = Some(threads);
+    proxy.threads = Some(config.server.threads);
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         app.server_options = Some(options);
     }
+    server.add_service(proxy).add_dependency(&bootstrap);
 
-    let health = background_service("health checks", HealthService::new(store));
-    server.add_service(proxy);
-    server.add_service(health);
+    if let Some(admin) = &config.admin {
+        let mut service = Service::new(
+            "gatehouse admin".to_string(),
+            AdminApp::new(store.clone(), Arc::clone(&metrics), Arc::clone(&reloader)),
+        );
+        service.add_tcp(&admin.listen.to_string());
+        service.threads = Some(1);
+        server.add_service(service).add_dependency(&bootstrap);
+    }
+
+    server.add_service(background_service("health checks", HealthService::new(store)));
+    server.add_service(background_service("sighup reload", SighupService::new(reloader)));
+    if let Some(writer) = access_log_writer {
+        server.add_service(background_service("access log", writer));
+    }
     log::info!(
-        "gatehouse {} listening on {:?}",
+        "gatehouse {} starting: traffic on {:?}, admin on {:?}",
         env!("CARGO_PKG_VERSION"),
-        listen
+        config.server.listen,
+        config.admin.as_ref().map(|a| a.listen)
     );
     server.run_forever()
 }

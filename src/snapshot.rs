@@ -1,6 +1,6 @@
 //! The runtime snapshot: a validated [`Config`] plus everything built from it once (route
-//! table, clusters, trusted proxy set). Requests load the current snapshot once and use it to
-//! the end; a reload builds a new one and swaps it in atomically.
+//! table, clusters, trusted proxy set, metric handles). Requests load the current snapshot once
+//! and use it to the end; a reload builds a new one and swaps it in atomically.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::forwarding::TrustedProxies;
+use crate::metrics::{Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE};
 use crate::routing::Router;
 use crate::upstream::Cluster;
 
@@ -16,13 +17,17 @@ pub struct Snapshot {
     config: Arc<Config>,
     router: Router,
     clusters: Vec<Arc<Cluster>>,
+    route_upstream: Vec<usize>,
     trusted: TrustedProxies,
+    route_metrics: Vec<RouteMetrics>,
+    unmatched_metrics: RouteMetrics,
+    upstream_metrics: Vec<UpstreamMetrics>,
 }
 
 impl Snapshot {
-    /// Builds a snapshot; backend state (health, in-flight) is carried over from `previous`
-    /// for every backend whose upstream name and address are unchanged.
-    pub fn build(config: Config, previous: Option<&Snapshot>) -> Self {
+    /// Builds a snapshot; backend state (health, in-flight, drained) is carried over from
+    /// `previous` for every backend whose upstream name and address are unchanged.
+    pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Self {
         let clusters = config
             .upstreams
             .iter()
@@ -34,10 +39,24 @@ impl Snapshot {
                 }))
             })
             .collect();
+        // Validation guarantees every route's upstream exists.
+        let route_upstream = config
+            .routes
+            .iter()
+            .map(|r| config.upstream_index(&r.upstream).unwrap_or(0))
+            .collect();
         Snapshot {
             router: Router::new(&config.routes),
             trusted: TrustedProxies::new(&config.server.trusted_proxies),
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|r| metrics.route(&r.name, &r.upstream))
+                .collect(),
+            unmatched_metrics: metrics.route(NO_ROUTE, NO_ROUTE),
+            upstream_metrics: config.upstreams.iter().map(|u| metrics.upstream(&u.name)).collect(),
             clusters,
+            route_upstream,
             config: Arc::new(config),
         }
     }
@@ -57,9 +76,29 @@ impl Snapshot {
         &self.clusters
     }
 
+    /// Index of the upstream (and cluster) that route `route` sends to.
+    pub fn upstream_of(&self, route: usize) -> usize {
+        self.route_upstream[route]
+    }
+
+    /// The cluster that route `route` sends to.
+    pub fn cluster_of(&self, route: usize) -> &Arc<Cluster> {
+        &self.clusters[self.route_upstream[route]]
+    }
+
     /// Peers whose forwarding headers are believed.
     pub fn trusted(&self) -> &TrustedProxies {
         &self.trusted
+    }
+
+    /// Metric handles of a route, or of unmatched requests for `None`.
+    pub fn route_metrics(&self, route: Option<usize>) -> &RouteMetrics {
+        route.map_or(&self.unmatched_metrics, |i| &self.route_metrics[i])
+    }
+
+    /// Metric handles of an upstream.
+    pub fn upstream_metrics(&self, upstream: usize) -> &UpstreamMetrics {
+        &self.upstream_metrics[upstream]
     }
 }
 

@@ -99,7 +99,7 @@ fn route_lookup_allocates_nothing() {
 #[test]
 fn backend_selection_allocates_nothing() {
     let cfg = gatehouse::config::parse(Path::new("bench.toml"), &config()).expect("valid");
-    let snapshot = Snapshot::build(cfg, None);
+    let snapshot = Snapshot::build(cfg, None, &gatehouse::metrics::Metrics::new());
     let clusters = snapshot.clusters();
     let mut picks = Vec::with_capacity(3000);
     for c in clusters {

@@ -4,15 +4,20 @@
 //! problem at once with file, line:column and key path. Nothing past this module sees a raw
 //! string where a typed value belongs.
 
+pub mod admin;
 pub mod error;
+pub mod render;
 mod reader;
 pub mod route;
+pub mod secret;
 pub mod server;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
 
+pub use admin::{AccessLogSettings, AdminSettings};
 pub use error::{ConfigError, ConfigErrors};
+pub use secret::Secret;
 pub use route::{HostMatch, PathMatch, RouteSpec};
 pub use server::ServerSettings;
 pub use upstream::{
@@ -33,18 +38,39 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSpec>,
     /// Routes, in file order; names are unique and every upstream exists.
     pub routes: Vec<RouteSpec>,
+    /// The admin listener; `None` means no admin listener.
+    pub admin: Option<AdminSettings>,
+    /// Access log settings.
+    pub access_log: AccessLogSettings,
 }
 
 impl Config {
+    /// Resolves every relative file path against `base`.
+    pub fn make_paths_absolute(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.source);
+        abs(&mut self.server.pid_file);
+        abs(&mut self.server.upgrade_sock);
+        if let Some(p) = self.access_log.path.as_mut() {
+            abs(p);
+        }
+    }
+
     /// Index of the upstream called `name`.
     pub fn upstream_index(&self, name: &str) -> Option<usize> {
         self.upstreams.iter().position(|u| u.name == name)
     }
 }
 
-const TOP_KEYS: &[&str] = &["server", "upstreams", "routes"];
+const TOP_KEYS: &[&str] = &["server", "admin", "access_log", "upstreams", "routes"];
 
-/// Reads and validates the file at `path`.
+/// Reads and validates the file at `path`. Relative paths in the file (pid file, upgrade
+/// socket, access log) are taken relative to the current directory now, because a daemonised
+/// process changes its working directory to `/`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let src = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -55,7 +81,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read configuration file: {e}"),
         }])
     })?;
-    parse(path, &src)
+    let mut config = parse(path, &src)?;
+    if let Ok(cwd) = std::env::current_dir() {
+        config.make_paths_absolute(&cwd);
+    }
+    Ok(config)
 }
 
 /// Validates `src` as if read from `path`.
@@ -80,6 +110,14 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     };
 
     let server = server::read(&mut r, top.get("server").as_ref());
+    let admin = top.get("admin").and_then(|n| admin::read_admin(&mut r, &n));
+    let access_log = admin::read_access_log(&mut r, top.get("access_log").as_ref());
+    if let (Some(a), Some(n)) = (&admin, top.get("admin")) {
+        if server.listen.contains(&a.listen) {
+            let at = r.map(&n).and_then(|t| t.get("listen")).map_or(n.span(), |l| l.span());
+            r.error_at(at, "admin.listen", format!("{} is also a traffic listener", a.listen));
+        }
+    }
 
     let mut upstreams = Vec::new();
     let mut declared = Vec::new();
@@ -133,5 +171,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         server,
         upstreams,
         routes,
+        admin,
+        access_log,
     })
 }

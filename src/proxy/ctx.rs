@@ -2,7 +2,9 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::metrics::ConnectionGuard;
 use crate::request_id::RequestId;
 use crate::snapshot::Snapshot;
 use crate::upstream::backend::InflightGuard;
@@ -34,6 +36,16 @@ pub struct RequestCtx {
     pub inflight: Option<InflightGuard>,
     /// Set when the gateway refuses the request itself.
     pub refusal: Option<Refusal>,
+    /// When the request started.
+    pub started: Instant,
+    /// When the current upstream attempt started.
+    pub upstream_started: Option<Instant>,
+    /// Time from the first backend choice to the upstream response header.
+    pub upstream_elapsed: Option<Duration>,
+    /// Status of a response the gateway wrote after a proxy failure (0: none could be sent).
+    pub failure_status: Option<u16>,
+    /// Keeps the downstream connection counted while it is open.
+    pub connection: Option<Arc<ConnectionGuard>>,
 }
 
 impl RequestCtx {
@@ -49,6 +61,11 @@ impl RequestCtx {
             failed_backend: None,
             inflight: None,
             refusal: None,
+            started: Instant::now(),
+            upstream_started: None,
+            upstream_elapsed: None,
+            failure_status: None,
+            connection: None,
         }
     }
 }

@@ -10,6 +10,10 @@
 pub mod ctx;
 pub mod respond;
 
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Instant;
+
 use async_trait::async_trait;
 use http::{HeaderValue, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -17,7 +21,9 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::access_log::{self, AccessLog};
 use crate::config::HashKey;
+use crate::metrics::{ConnectionGuard, Metrics};
 use crate::routing::{RequestView, RouteMatch};
 use crate::snapshot::SnapshotStore;
 use crate::upstream::backend::InflightGuard;
@@ -27,12 +33,18 @@ use respond::REQUEST_ID;
 /// The gateway: one instance serves every listener, reading the current snapshot per request.
 pub struct Gateway {
     store: SnapshotStore,
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
 }
 
 impl Gateway {
     /// A gateway serving whatever `store` holds.
-    pub fn new(store: SnapshotStore) -> Self {
-        Gateway { store }
+    pub fn new(store: SnapshotStore, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
+        Gateway {
+            store,
+            metrics,
+            access_log,
+        }
     }
 }
 
@@ -42,6 +54,26 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.store.load())
+    }
+
+    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut RequestCtx, prev: Box<dyn Any + Send + Sync>) {
+        if let Ok(guard) = prev.downcast::<Arc<ConnectionGuard>>() {
+            ctx.connection = Some(*guard);
+        }
+    }
+
+    fn persist_connection_context(&self, _session: &Session, ctx: &RequestCtx) -> Option<Box<dyn Any + Send + Sync>> {
+        ctx.connection
+            .as_ref()
+            .map(|g| Box::new(Arc::clone(g)) as Box<dyn Any + Send + Sync>)
+    }
+
+    async fn early_request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.connection.is_none() {
+            // First request of a connection (HTTP/2: of a stream).
+            ctx.connection = Some(ConnectionGuard::new(&self.metrics));
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -90,15 +122,7 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let snapshot = &ctx.snapshot;
-        let upstream = &snapshot.config().routes[route].upstream;
-        let Some(cluster) = snapshot
-            .config()
-            .upstream_index(upstream)
-            .map(|i| &snapshot.clusters()[i])
-        else {
-            return Error::e_explain(ErrorType::InternalError, "route names an unknown upstream");
-        };
+        let cluster = ctx.snapshot.cluster_of(route);
         let mut ip_buf = [0u8; 16];
         let key = cluster
             .hash_key()
@@ -111,6 +135,7 @@ impl ProxyHttp for Gateway {
         // Replacing the guard releases the previous attempt's count.
         ctx.inflight = Some(InflightGuard::new(&member.state));
         ctx.backend = Some(i);
+        ctx.upstream_started.get_or_insert_with(Instant::now);
         Ok(Box::new(member.peer.clone()))
     }
 
@@ -124,13 +149,7 @@ impl ProxyHttp for Gateway {
         // Nothing reached the upstream: try one other healthy backend, once.
         if ctx.failed_backend.is_none() {
             if let Some(route) = ctx.route {
-                let snapshot = &ctx.snapshot;
-                let upstream = &snapshot.config().routes[route].upstream;
-                let cluster = snapshot
-                    .config()
-                    .upstream_index(upstream)
-                    .map(|i| &snapshot.clusters()[i]);
-                if cluster.is_some_and(|c| c.has_available(ctx.backend)) {
+                if ctx.snapshot.cluster_of(route).has_available(ctx.backend) {
                     ctx.failed_backend = ctx.backend;
                     e.set_retry(true);
                     return e;
@@ -167,6 +186,18 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.upstream_elapsed.is_none() {
+            ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -189,14 +220,53 @@ impl ProxyHttp for Gateway {
         }
         let status = respond::status_for(e, ctx);
         respond::fail(session, ctx, status).await;
+        ctx.failure_status = Some(status);
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.inflight = None;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.failure_status)
+            .unwrap_or(0);
+        let elapsed = ctx.started.elapsed();
+        let snapshot = &ctx.snapshot;
+        snapshot.route_metrics(ctx.route).record(status, elapsed.as_secs_f64());
+        let upstream = ctx.route.map(|r| snapshot.upstream_of(r));
+        if let (Some(u), Some(t)) = (upstream, ctx.upstream_elapsed) {
+            snapshot.upstream_metrics(u).record(t.as_secs_f64());
+        }
+        if self.access_log.enabled() {
+            let req = session.req_header();
+            let path = match (self.access_log.include_query(), req.uri.path_and_query()) {
+                (true, Some(pq)) => pq.as_str(),
+                _ => req.uri.path(),
+            };
+            let config = snapshot.config();
+            let backend = upstream
+                .zip(ctx.backend)
+                .map(|(u, b)| snapshot.clusters()[u].members()[b].addr.to_string());
+            self.access_log.log(&access_log::Entry {
+                time: access_log::now(),
+                request_id: ctx.request_id.as_str(),
+                client_ip: ctx.client_ip,
+                method: req.method.as_str(),
+                host: request_host(req),
+                path,
+                route: ctx.route.map(|r| config.routes[r].name.as_str()),
+                upstream: upstream.map(|u| config.upstreams[u].name.as_str()),
+                backend,
+                status,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_ms: ctx.upstream_elapsed.map(|t| t.as_secs_f64() * 1000.0),
+                bytes_sent: session.body_bytes_sent(),
+            });
+        }
     }
 }
 

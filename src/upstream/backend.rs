@@ -11,6 +11,7 @@ use std::sync::Arc;
 pub struct BackendState {
     addr: SocketAddr,
     healthy: AtomicBool,
+    drained: AtomicBool,
     inflight: AtomicUsize,
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
@@ -22,6 +23,7 @@ impl BackendState {
         Arc::new(BackendState {
             addr,
             healthy: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
@@ -36,6 +38,21 @@ impl BackendState {
     /// Whether active health checks currently allow traffic to it.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether an operator took it out of rotation (in-flight requests still finish).
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains (`true`) or re-enables (`false`) the backend.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
+    }
+
+    /// Whether new requests may be sent to it: healthy and not drained.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_drained()
     }
 
     /// Requests currently in flight to it.

@@ -126,13 +126,13 @@ impl Cluster {
         self.members
             .iter()
             .enumerate()
-            .any(|(i, m)| Some(i) != exclude && m.state.is_healthy())
+            .any(|(i, m)| Some(i) != exclude && m.state.is_available())
     }
 
-    /// Picks a healthy backend other than `exclude`. `key` is the consistent-hash key when the
+    /// Picks a healthy, undrained backend other than `exclude`. `key` is the consistent-hash key when the
     /// policy uses one and the request carries it. `None` when no backend is available.
     pub fn select(&self, key: Option<&[u8]>, exclude: Option<usize>) -> Option<usize> {
-        let available = |i: usize| Some(i) != exclude && self.members[i].state.is_healthy();
+        let available = |i: usize| Some(i) != exclude && self.members[i].state.is_available();
         match &self.picker {
             Picker::RoundRobin(schedule) => self.round_robin(schedule, available),
             Picker::LeastConn => self.least_conn(available),

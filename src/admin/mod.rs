@@ -1,0 +1,115 @@
+//! The admin listener: a separate Pingora listening service (so its socket is handed over on
+//! upgrade like the traffic listeners). `/health`, `/ready` and `/metrics` are open to probes;
+//! every `/admin/*` endpoint needs `Authorization: Bearer <token>`.
+
+mod views;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics::Metrics;
+use crate::reload::{ReloadOutcome, Reloader};
+use crate::snapshot::SnapshotStore;
+
+/// The admin HTTP application.
+pub struct AdminApp {
+    store: SnapshotStore,
+    metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
+}
+
+impl AdminApp {
+    /// An admin app over the live snapshot, metrics and reloader.
+    pub fn new(store: SnapshotStore, metrics: Arc<Metrics>, reloader: Arc<Reloader>) -> Self {
+        AdminApp {
+            store,
+            metrics,
+            reloader,
+        }
+    }
+
+    /// `None` when the request may use `/admin/*`, else the refusal to send.
+    fn refuse_unauthorised(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let snapshot = self.store.load();
+        let Some(token) = snapshot.config().admin.as_ref().and_then(|a| a.token.as_ref()) else {
+            return Some(views::error(StatusCode::FORBIDDEN, "admin token not configured"));
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match presented {
+            Some(p) if token.matches(p) => None,
+            _ => {
+                let mut resp = views::error(StatusCode::UNAUTHORIZED, "missing or invalid admin token");
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
+                );
+                Some(resp)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (Method::GET, ["health"]) => views::json(StatusCode::OK, views::health()),
+            (Method::GET, ["ready"]) => views::ready(&self.store.load()),
+            (Method::GET, ["metrics"]) => views::metrics(self.metrics.render(&self.store.load())),
+            (_, ["admin", ..]) => {
+                if let Some(refusal) = self.refuse_unauthorised(session) {
+                    return refusal;
+                }
+                self.admin(session.req_header().method.clone(), &segments[1..]).await
+            }
+            (_, ["health" | "ready" | "metrics"]) => views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+            _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+}
+
+impl AdminApp {
+    async fn admin(&self, method: Method, rest: &[&str]) -> Response<Vec<u8>> {
+        match (method, rest) {
+            (Method::GET, ["upstreams"]) => views::json(StatusCode::OK, views::upstreams(&self.store.load())),
+            (Method::POST, ["upstreams", name, "backends", addr, action @ ("drain" | "enable")]) => {
+                views::set_drained(&self.store.load(), name, addr, *action == "drain")
+            }
+            (Method::GET, ["config"]) => {
+                views::json(StatusCode::OK, crate::config::render::to_json(self.store.load().config()))
+            }
+            (Method::POST, ["reload"]) => {
+                let reloader = Arc::clone(&self.reloader);
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(ReloadOutcome::Applied { needs_upgrade }) => views::json(
+                        StatusCode::OK,
+                        serde_json::json!({ "result": "applied", "needs_upgrade": needs_upgrade }),
+                    ),
+                    Ok(ReloadOutcome::Rejected(errors)) => views::json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        serde_json::json!({
+                            "result": "rejected",
+                            "errors": errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        }),
+                    ),
+                    Err(_) => views::error(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
+                }
+            }
+            (_, ["upstreams"] | ["config"] | ["reload"] | ["upstreams", _, "backends", _, "drain" | "enable"]) => {
+                views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+}

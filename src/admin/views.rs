@@ -1,0 +1,103 @@
+//! Admin responses: JSON bodies for health, readiness and upstream state, and the metrics text.
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::snapshot::Snapshot;
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: Value) -> Response<Vec<u8>> {
+    let bytes = body.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, bytes.len())
+        .body(bytes)
+        .unwrap_or_default()
+}
+
+/// A JSON error response `{"error": ...}`.
+pub fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+    json(status, json!({ "error": message }))
+}
+
+/// Liveness: the process answers.
+pub fn health() -> Value {
+    json!({ "status": "ok", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION") })
+}
+
+/// Readiness: every upstream has at least one backend that may take traffic.
+pub fn ready(snapshot: &Snapshot) -> Response<Vec<u8>> {
+    let down: Vec<&str> = snapshot
+        .clusters()
+        .iter()
+        .filter(|c| !c.has_available(None))
+        .map(|c| c.name())
+        .collect();
+    if down.is_empty() {
+        json(StatusCode::OK, json!({ "ready": true }))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "upstreams_without_available_backend": down }),
+        )
+    }
+}
+
+/// The Prometheus text exposition.
+pub fn metrics(body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// Every upstream with its backends' live state.
+pub fn upstreams(snapshot: &Snapshot) -> Value {
+    let list: Vec<Value> = snapshot
+        .clusters()
+        .iter()
+        .map(|c| {
+            let backends: Vec<Value> = c
+                .members()
+                .iter()
+                .map(|m| {
+                    json!({
+                        "addr": m.addr.to_string(),
+                        "weight": m.weight,
+                        "healthy": m.state.is_healthy(),
+                        "inflight": m.state.inflight(),
+                        "drained": m.state.is_drained(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": c.name(),
+                "health_checked": c.spec().health_check.is_some(),
+                "backends": backends,
+            })
+        })
+        .collect();
+    json!({ "upstreams": list })
+}
+
+/// Drains or re-enables one backend.
+pub fn set_drained(snapshot: &Snapshot, upstream: &str, addr: &str, drained: bool) -> Response<Vec<u8>> {
+    let Some(cluster) = snapshot.clusters().iter().find(|c| c.name() == upstream) else {
+        return error(StatusCode::NOT_FOUND, "unknown upstream");
+    };
+    let Some(member) = cluster.members().iter().find(|m| m.addr.to_string() == addr) else {
+        return error(StatusCode::NOT_FOUND, "unknown backend");
+    };
+    member.state.set_drained(drained);
+    log::info!(
+        "admin: upstream {upstream} backend {addr} {}",
+        if drained { "drained" } else { "enabled" }
+    );
+    json(
+        StatusCode::OK,
+        json!({ "upstream": upstream, "backend": addr, "drained": drained }),
+    )
+}

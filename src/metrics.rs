@@ -1,0 +1,245 @@
+//! Prometheus metrics. Handles are resolved once per snapshot ([`RouteMetrics`],
+//! [`UpstreamMetrics`]) so that recording in `logging` is a few atomic adds; per-backend gauges
+//! are read from the live snapshot at scrape time. Labels come only from configured names.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::snapshot::Snapshot;
+
+/// Label used for requests that matched no route (and so no upstream).
+pub const NO_ROUTE: &str = "none";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Status classes used as the `status` label, indexed by [`status_class`].
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// Index into per-class counters: 0..=4 for 1xx..5xx, 5 when no response was sent.
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
+/// All of the gateway's metrics, in one registry.
+pub struct Metrics {
+    registry: Registry,
+    render_lock: std::sync::Mutex<()>,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    backend_healthy: IntGaugeVec,
+    backend_inflight: IntGaugeVec,
+    backend_drained: IntGaugeVec,
+    /// Downstream connections currently open.
+    pub connections_active: IntGauge,
+    reloads: IntCounterVec,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
+}
+
+/// Pre-resolved handles for one route.
+pub struct RouteMetrics {
+    requests: [IntCounter; 6],
+    duration: Histogram,
+}
+
+/// Pre-resolved handles for one upstream.
+pub struct UpstreamMetrics {
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Records one finished request.
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.requests[status_class(status)].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+impl UpstreamMetrics {
+    /// Records the time from sending a request upstream to its response header.
+    pub fn record(&self, seconds: f64) {
+        self.duration.observe(seconds);
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric names and label sets are constants checked by the unit test below.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let requests = must(IntCounterVec::new(
+            Opts::new("gatehouse_requests_total", "Requests answered, by route, upstream and status class."),
+            &["route", "upstream", "status"],
+        ));
+        let request_duration = must(HistogramVec::new(
+            HistogramOpts::new("gatehouse_request_duration_seconds", "Time from request start to the end of the response.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        ));
+        let upstream_duration = must(HistogramVec::new(
+            HistogramOpts::new("gatehouse_upstream_duration_seconds", "Time from choosing a backend to its response header.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream"],
+        ));
+        let backend_healthy = must(IntGaugeVec::new(
+            Opts::new("gatehouse_upstream_backend_healthy", "1 when the backend may receive traffic by health checks (1 without checks)."),
+            &["upstream", "backend"],
+        ));
+        let backend_inflight = must(IntGaugeVec::new(
+            Opts::new("gatehouse_upstream_backend_inflight", "Requests in flight to the backend."),
+            &["upstream", "backend"],
+        ));
+        let backend_drained = must(IntGaugeVec::new(
+            Opts::new("gatehouse_upstream_backend_drained", "1 when an operator drained the backend."),
+            &["upstream", "backend"],
+        ));
+        let connections_active = must(IntGauge::new("gatehouse_connections_active", "Downstream connections currently open."));
+        let reloads = must(IntCounterVec::new(
+            Opts::new("gatehouse_config_reloads_total", "Configuration reloads, by result."),
+            &["result"],
+        ));
+        let access_log_dropped = must(IntCounter::new(
+            "gatehouse_access_log_dropped_total",
+            "Access log lines dropped because the writer could not keep up.",
+        ));
+        let build_info = must(IntGaugeVec::new(Opts::new("gatehouse_build_info", "Build information."), &["version"]));
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(requests.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(backend_healthy.clone()),
+            Box::new(backend_inflight.clone()),
+            Box::new(backend_drained.clone()),
+            Box::new(connections_active.clone()),
+            Box::new(reloads.clone()),
+            Box::new(access_log_dropped.clone()),
+            Box::new(build_info),
+        ];
+        for c in collectors {
+            must(registry.register(c));
+        }
+        Arc::new(Metrics {
+            registry,
+            render_lock: std::sync::Mutex::new(()),
+            requests,
+            request_duration,
+            upstream_duration,
+            backend_healthy,
+            backend_inflight,
+            backend_drained,
+            connections_active,
+            reloads,
+            access_log_dropped,
+        })
+    }
+
+    /// Handles for a route (use [`NO_ROUTE`] for both names when nothing matched).
+    pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
+        RouteMetrics {
+            requests: CLASSES.map(|class| self.requests.with_label_values(&[route, upstream, class])),
+            duration: self.request_duration.with_label_values(&[route]),
+        }
+    }
+
+    /// Handles for an upstream.
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            duration: self.upstream_duration.with_label_values(&[upstream]),
+        }
+    }
+
+    /// Makes the series of a new snapshot's routes and upstreams visible at zero before traffic.
+    pub fn register_snapshot(&self, snapshot: &Snapshot) {
+        for route in &snapshot.config().routes {
+            let _ = self.route(&route.name, &route.upstream);
+        }
+    }
+
+    /// Counts a reload attempt.
+    pub fn config_reload(&self, success: bool) {
+        self.reloads
+            .with_label_values(&[if success { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// The text exposition of every metric, with backend gauges taken from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> Vec<u8> {
+        // Gauges are reset and refilled: one scrape at a time.
+        let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.backend_healthy.reset();
+        self.backend_inflight.reset();
+        self.backend_drained.reset();
+        for cluster in snapshot.clusters() {
+            for m in cluster.members() {
+                let addr = m.addr.to_string();
+                let labels = [cluster.name(), addr.as_str()];
+                self.backend_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(m.state.is_healthy()));
+                self.backend_inflight
+                    .with_label_values(&labels)
+                    .set(m.state.inflight() as i64);
+                self.backend_drained
+                    .with_label_values(&labels)
+                    .set(i64::from(m.state.is_drained()));
+            }
+        }
+        let mut out = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+/// Counts one open downstream connection for as long as it lives. Shared (`Arc`) between the
+/// requests of a keep-alive connection, so it drops when the connection does.
+#[derive(Debug)]
+pub struct ConnectionGuard(IntGauge);
+
+impl ConnectionGuard {
+    /// Counts a new connection.
+    pub fn new(metrics: &Metrics) -> Arc<Self> {
+        metrics.connections_active.inc();
+        Arc::new(ConnectionGuard(metrics.connections_active.clone()))
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_and_classes_map() {
+        let m = Metrics::new();
+        m.route("r", "u").record(204, 0.01);
+        m.route(NO_ROUTE, NO_ROUTE).record(404, 0.001);
+        assert_eq!(status_class(101), 0);
+        assert_eq!(status_class(599), 4);
+        assert_eq!(status_class(0), 5);
+    }
+}
