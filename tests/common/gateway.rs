@@ -10,8 +10,52 @@ use std::time::{Duration, Instant};
 pub struct Gatehouse {
     /// Traffic listener.
     pub addr: SocketAddr,
+    /// Admin listener, when the builder asked for one.
+    pub admin: Option<SocketAddr>,
     child: Child,
     dir: tempfile::TempDir,
+    header: String,
+}
+
+/// Options for starting gatehouse.
+#[derive(Default)]
+pub struct Builder {
+    server_extra: String,
+    admin_token: Option<String>,
+    admin: bool,
+    env: Vec<(String, String)>,
+    access_log_file: bool,
+}
+
+/// The admin token the builder puts in the environment.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+impl Builder {
+    /// Extra lines for `[server]`.
+    pub fn server(mut self, extra: &str) -> Self {
+        self.server_extra = extra.to_string();
+        self
+    }
+    /// Adds an admin listener on a free port, with [`ADMIN_TOKEN`] (or no token with `None`).
+    pub fn admin(mut self, token: Option<&str>) -> Self {
+        self.admin = true;
+        self.admin_token = token.map(str::to_string);
+        self
+    }
+    /// Sets an environment variable for the process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+    /// Writes the access log to `access.log` in the process's directory.
+    pub fn access_log_file(mut self) -> Self {
+        self.access_log_file = true;
+        self
+    }
+    /// Starts gatehouse with `body` (upstreams and routes).
+    pub fn start(self, body: &str) -> Gatehouse {
+        Gatehouse::launch(self, body)
+    }
 }
 
 /// A loopback port that was free a moment ago.
@@ -27,38 +71,114 @@ fn binary() -> &'static str {
 }
 
 impl Gatehouse {
+    /// Options beyond the defaults.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
     /// Starts gatehouse with `body` (upstreams and routes) and a generated `[server]` section.
     pub fn start(body: &str) -> Self {
-        Self::start_with_server("", body)
+        Builder::default().start(body)
     }
 
     /// Like [`Gatehouse::start`], with extra lines for the `[server]` section.
     pub fn start_with_server(server_extra: &str, body: &str) -> Self {
+        Builder::default().server(server_extra).start(body)
+    }
+
+    fn launch(b: Builder, body: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let config = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\ngrace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n{server_extra}\n{body}",
+        let mut header = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\ngrace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n{extra}\n",
             pid = dir.path().join("gatehouse.pid").display(),
             sock = dir.path().join("upgrade.sock").display(),
+            extra = b.server_extra,
         );
+        let admin = b.admin.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        if let Some(a) = admin {
+            header.push_str(&format!("[admin]\nlisten = \"{a}\"\ntoken_env = \"GATEHOUSE_TEST_ADMIN_TOKEN\"\n"));
+        }
+        if b.access_log_file {
+            header.push_str(&format!("[access_log]\npath = \"{}\"\n", dir.path().join("access.log").display()));
+        }
         let config_path = dir.path().join("gatehouse.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        std::fs::write(&config_path, format!("{header}\n{body}")).expect("write config");
         let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let child = Command::new(binary())
-            .arg("-c")
+        let mut cmd = Command::new(binary());
+        cmd.arg("-c")
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .env_remove("GATEHOUSE_TEST_ADMIN_TOKEN")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn gatehouse");
+            .stderr(log);
+        if let Some(token) = &b.admin_token {
+            cmd.env("GATEHOUSE_TEST_ADMIN_TOKEN", token);
+        }
+        for (k, v) in &b.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn gatehouse");
         let mut g = Gatehouse {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin,
             child,
             dir,
+            header,
         };
         g.wait_ready();
         g
+    }
+
+    /// Replaces the upstreams and routes in the configuration file (the `[server]`, `[admin]`
+    /// and `[access_log]` sections stay); the running process sees it on reload.
+    pub fn rewrite_config(&self, body: &str) {
+        std::fs::write(self.config_path(), format!("{}\n{body}", self.header)).expect("rewrite config");
+    }
+
+    /// Overwrites the whole configuration file.
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// The configuration file's path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gatehouse.toml")
+    }
+
+    /// The process's directory (config, logs, pid file, upgrade socket).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "HUP", "QUIT") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// `http://ADMIN{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin.expect("started with an admin listener"), path)
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// What the access log file holds so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 
     fn wait_ready(&mut self) {
@@ -67,7 +187,8 @@ impl Gatehouse {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("gatehouse exited early ({status}):\n{}", self.stderr());
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok() {
+            let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
+            if up(&self.addr) && self.admin.as_ref().is_none_or(up) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));

@@ -7,7 +7,7 @@ pub mod backend;
 pub mod gateway;
 
 pub use backend::TestBackend;
-pub use gateway::{check_config, free_port, Gatehouse};
+pub use gateway::{check_config, free_port, Gatehouse, ADMIN_TOKEN};
 
 /// An HTTP client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {

@@ -1,0 +1,199 @@
+//! The admin listener: open probes (/health, /ready, /metrics), token-protected /admin/*,
+//! upstream state, drain/enable, and the redacted effective config.
+
+mod common;
+use std::time::Duration;
+
+use common::{check_config, client, json, Gatehouse, TestBackend, ADMIN_TOKEN};
+
+fn body(a: &TestBackend, b: &TestBackend, health: bool) -> String {
+    let hc = if health {
+        "[upstreams.svc.health_check]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[upstreams.svc]
+backends = [{{ addr = "{}" }}, {{ addr = "{}" }}]
+{hc}
+[[routes]]
+name = "all"
+path_prefix = "/"
+upstream = "svc"
+"#,
+        a.addr_str(),
+        b.addr_str()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_need_no_token() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, false));
+    let c = client();
+    let health = c.get(gw.admin_url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(json(health).await["pid"], gw.pid());
+    assert_eq!(c.get(gw.admin_url("/ready")).send().await.unwrap().status(), 200);
+    let metrics = c.get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("gatehouse_build_info"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_is_503_with_the_list_when_an_upstream_has_no_healthy_backend() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, true));
+    a.set_healthy(false);
+    b.set_healthy(false);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let resp = client().get(gw.admin_url("/ready")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(json(resp).await["upstreams_without_available_backend"][0], "svc");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints_require_the_bearer_token() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, false));
+    let c = client();
+    let none = c.get(gw.admin_url("/admin/upstreams")).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert!(none.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    let wrong = c
+        .get(gw.admin_url("/admin/upstreams"))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let prefix = c
+        .get(gw.admin_url("/admin/upstreams"))
+        .bearer_auth(&ADMIN_TOKEN[..10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(prefix.status(), 401);
+    let ok = c.get(gw.admin_url("/admin/upstreams")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let body = json(ok).await;
+    let backends = &body["upstreams"][0]["backends"];
+    assert_eq!(backends.as_array().unwrap().len(), 2);
+    assert_eq!(backends[0]["addr"], a.addr_str());
+    assert_eq!(backends[0]["weight"], 1);
+    assert_eq!(backends[0]["healthy"], true);
+    assert_eq!(backends[0]["inflight"], 0);
+    assert_eq!(backends[0]["drained"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_admin_endpoints_answer_403() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let gw = Gatehouse::builder().admin(None).start(&body(&a, &b, false));
+    let resp = client()
+        .get(gw.admin_url("/admin/upstreams"))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(json(resp).await["error"], "admin token not configured");
+    // Probes still work.
+    assert_eq!(client().get(gw.admin_url("/health")).send().await.unwrap().status(), 200);
+}
+
+#[test]
+fn non_loopback_admin_without_token_is_refused_at_start() {
+    let (code, stderr, _) = check_config(
+        "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"GATEHOUSE_SURELY_UNSET_VAR\"\n",
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("needs a token"), "{stderr}");
+    let (code, stderr, _) = check_config("[admin]\nlisten = \"0.0.0.0:9901\"\n");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("needs a token"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_takes_a_backend_out_and_enable_brings_it_back() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, false));
+    let c = client();
+    let drain = c
+        .post(gw.admin_url(&format!("/admin/upstreams/svc/backends/{}/drain", a.addr_str())))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drain.status(), 200);
+    let before = a.hits();
+    for _ in 0..10 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(a.hits(), before, "a drained backend gets no new requests");
+    let state = json(c.get(gw.admin_url("/admin/upstreams")).bearer_auth(ADMIN_TOKEN).send().await.unwrap()).await;
+    assert_eq!(state["upstreams"][0]["backends"][0]["drained"], true);
+
+    let enable = c
+        .post(gw.admin_url(&format!("/admin/upstreams/svc/backends/{}/enable", a.addr_str())))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enable.status(), 200);
+    for _ in 0..10 {
+        c.get(gw.url("/x")).send().await.unwrap();
+    }
+    assert!(a.hits() >= before + 4, "enabled backend is back in rotation");
+
+    let unknown = c
+        .post(gw.admin_url("/admin/upstreams/svc/backends/127.0.0.1:1/drain"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_lets_in_flight_requests_finish() {
+    let slow = TestBackend::slow("slow", Duration::from_millis(800));
+    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&format!(
+        "[upstreams.svc]\nbackends = [{{ addr = \"{}\" }}]\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"svc\"\n",
+        slow.addr_str()
+    ));
+    let c = client();
+    let url = gw.url("/slow");
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let drain = c
+        .post(gw.admin_url(&format!("/admin/upstreams/svc/backends/{}/drain", slow.addr_str())))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drain.status(), 200);
+    assert_eq!(in_flight.await.unwrap(), 200);
+    // With its only backend drained, the upstream has nothing to offer.
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn effective_config_is_served_with_secrets_redacted() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, false));
+    let resp = client().get(gw.admin_url("/admin/config")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains(ADMIN_TOKEN), "token leaked: {text}");
+    let cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(cfg["admin"]["token"], "<redacted>");
+    assert_eq!(cfg["admin"]["token_env"], "GATEHOUSE_TEST_ADMIN_TOKEN");
+    assert_eq!(cfg["routes"][0]["path_prefix"], "/");
+    assert_eq!(cfg["upstreams"][0]["backends"][1]["addr"], b.addr_str());
+    assert!(!gw.stderr().contains(ADMIN_TOKEN), "token in the process log");
+}
