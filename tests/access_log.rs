@@ -1,0 +1,83 @@
+//! The access log: one JSON object per line with flat keys, no query string by default and
+//! never a credential.
+
+mod common;
+use std::time::Duration;
+
+use common::{client, Gatehouse, TestBackend};
+
+fn body(b: &TestBackend) -> String {
+    format!(
+        "[upstreams.svc]\nbackends = [{{ addr = \"{}\" }}]\n[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"svc\"\n",
+        b.addr_str()
+    )
+}
+
+async fn lines(gw: &Gatehouse, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let text = gw.access_log();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("access log has fewer than {n} lines:\n{}", gw.access_log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_request_is_one_json_line_with_the_documented_keys() {
+    let b = TestBackend::start("b");
+    let gw = Gatehouse::builder().access_log_file().start(&body(&b));
+    let c = client();
+    c.get(gw.url("/api/users?token=s3cret-query"))
+        .header("authorization", "Bearer s3cret-bearer")
+        .header("x-request-id", "log-test-1")
+        .header("host", "api.example.com")
+        .send()
+        .await
+        .unwrap();
+    c.get(gw.url("/missing")).send().await.unwrap();
+    let lines = lines(&gw, 2).await;
+    let first = lines.iter().find(|l| l["request_id"] == "log-test-1").expect("line for request");
+    for key in [
+        "time", "request_id", "client_ip", "method", "host", "path", "route", "upstream", "backend", "status",
+        "duration_ms", "upstream_ms", "bytes_sent",
+    ] {
+        assert!(first.get(key).is_some(), "missing {key}: {first}");
+    }
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["host"], "api.example.com");
+    assert_eq!(first["path"], "/api/users");
+    assert_eq!(first["route"], "api");
+    assert_eq!(first["upstream"], "svc");
+    assert_eq!(first["backend"], b.addr_str());
+    assert_eq!(first["status"], 200);
+    assert!(first["bytes_sent"].as_u64().unwrap() > 0);
+    assert!(first["upstream_ms"].as_f64().is_some());
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    let missing = lines.iter().find(|l| l["path"] == "/missing").unwrap();
+    assert_eq!(missing["status"], 404);
+    assert!(missing["route"].is_null());
+    let text = gw.access_log();
+    assert!(!text.contains("s3cret"), "credentials or query leaked: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_can_be_turned_off() {
+    let b = TestBackend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("off.log");
+    let gw = Gatehouse::start(&format!(
+        "[access_log]\nenabled = false\npath = \"{}\"\n{}",
+        path.display(),
+        body(&b)
+    ));
+    client().get(gw.url("/api/x")).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!path.exists(), "nothing is written when disabled");
+}
