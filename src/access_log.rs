@@ -66,7 +66,10 @@ pub struct AccessLogWriter {
 }
 
 /// Builds the access log and, when enabled, its writer service.
-pub fn new(settings: &AccessLogSettings, dropped: IntCounter) -> (AccessLog, Option<AccessLogWriter>) {
+pub fn new(
+    settings: &AccessLogSettings,
+    dropped: IntCounter,
+) -> (AccessLog, Option<AccessLogWriter>) {
     if !settings.enabled {
         return (
             AccessLog {
@@ -131,10 +134,17 @@ impl BackgroundService for AccessLogWriter {
         };
         let mut out: Box<dyn Write + Send> = match &self.path {
             None => Box::new(std::io::stdout()),
-            Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Some(path) => match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
                 Ok(f) => Box::new(f),
                 Err(e) => {
-                    log::error!("cannot open access log {}: {e}; access logging is off", path.display());
+                    log::error!(
+                        "cannot open access log {}: {e}; access logging is off",
+                        path.display()
+                    );
                     return;
                 }
             },

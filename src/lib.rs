@@ -28,5 +28,6 @@ pub mod reload;
 pub mod request_id;
 pub mod routing;
 pub mod server;
+pub mod signals;
 pub mod snapshot;
 pub mod upstream;

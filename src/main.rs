@@ -11,8 +11,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // First: SIGHUP's default action would kill the process.
-    if let Err(e) = gatehouse::reload::install_sighup_handler() {
-        eprintln!("cannot install the SIGHUP handler: {e}");
+    if let Err(e) = gatehouse::signals::install() {
+        eprintln!("cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }
     let cli = Cli::parse();

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::snapshot::Snapshot;
@@ -82,42 +82,71 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
         let requests = must(IntCounterVec::new(
-            Opts::new("gatehouse_requests_total", "Requests answered, by route, upstream and status class."),
+            Opts::new(
+                "gatehouse_requests_total",
+                "Requests answered, by route, upstream and status class.",
+            ),
             &["route", "upstream", "status"],
         ));
         let request_duration = must(HistogramVec::new(
-            HistogramOpts::new("gatehouse_request_duration_seconds", "Time from request start to the end of the response.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gatehouse_request_duration_seconds",
+                "Time from request start to the end of the response.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         ));
         let upstream_duration = must(HistogramVec::new(
-            HistogramOpts::new("gatehouse_upstream_duration_seconds", "Time from choosing a backend to its response header.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gatehouse_upstream_duration_seconds",
+                "Time from choosing a backend to its response header.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
         ));
         let backend_healthy = must(IntGaugeVec::new(
-            Opts::new("gatehouse_upstream_backend_healthy", "1 when the backend may receive traffic by health checks (1 without checks)."),
+            Opts::new(
+                "gatehouse_upstream_backend_healthy",
+                "1 when the backend may receive traffic by health checks (1 without checks).",
+            ),
             &["upstream", "backend"],
         ));
         let backend_inflight = must(IntGaugeVec::new(
-            Opts::new("gatehouse_upstream_backend_inflight", "Requests in flight to the backend."),
+            Opts::new(
+                "gatehouse_upstream_backend_inflight",
+                "Requests in flight to the backend.",
+            ),
             &["upstream", "backend"],
         ));
         let backend_drained = must(IntGaugeVec::new(
-            Opts::new("gatehouse_upstream_backend_drained", "1 when an operator drained the backend."),
+            Opts::new(
+                "gatehouse_upstream_backend_drained",
+                "1 when an operator drained the backend.",
+            ),
             &["upstream", "backend"],
         ));
-        let connections_active = must(IntGauge::new("gatehouse_connections_active", "Downstream connections currently open."));
+        let connections_active = must(IntGauge::new(
+            "gatehouse_connections_active",
+            "Downstream connections currently open.",
+        ));
         let reloads = must(IntCounterVec::new(
-            Opts::new("gatehouse_config_reloads_total", "Configuration reloads, by result."),
+            Opts::new(
+                "gatehouse_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
             &["result"],
         ));
         let access_log_dropped = must(IntCounter::new(
             "gatehouse_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
         ));
-        let build_info = must(IntGaugeVec::new(Opts::new("gatehouse_build_info", "Build information."), &["version"]));
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let build_info = must(IntGaugeVec::new(
+            Opts::new("gatehouse_build_info", "Build information."),
+            &["version"],
+        ));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
@@ -154,7 +183,8 @@ impl Metrics {
     /// Handles for a route (use [`NO_ROUTE`] for both names when nothing matched).
     pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
         RouteMetrics {
-            requests: CLASSES.map(|class| self.requests.with_label_values(&[route, upstream, class])),
+            requests: CLASSES
+                .map(|class| self.requests.with_label_values(&[route, upstream, class])),
             duration: self.request_duration.with_label_values(&[route]),
         }
     }

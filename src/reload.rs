@@ -4,7 +4,6 @@
 //! reported as such rather than silently ignored.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +40,12 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for the file at `path`; `started_with` is the configuration the process was
     /// started with.
-    pub fn new(path: PathBuf, store: SnapshotStore, metrics: Arc<Metrics>, started_with: Config) -> Self {
+    pub fn new(
+        path: PathBuf,
+        store: SnapshotStore,
+        metrics: Arc<Metrics>,
+        started_with: Config,
+    ) -> Self {
         Reloader {
             path,
             store,
@@ -110,18 +114,6 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
-/// Set by the SIGHUP handler, consumed by [`SighupService`].
-static SIGHUP: AtomicBool = AtomicBool::new(false);
-
-/// Installs the SIGHUP handler. Call first thing in `main`: SIGHUP's default action kills the
-/// process, and Pingora installs no handler for it. The handler only sets a flag, so it
-/// survives daemonising (which loses threads but keeps signal dispositions).
-pub fn install_sighup_handler() -> std::io::Result<()> {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { signal_hook::low_level::register(signal_hook::consts::SIGHUP, || SIGHUP.store(true, Ordering::SeqCst)) }
-        .map(|_| ())
-}
-
 /// Background service that performs a reload whenever SIGHUP was received.
 pub struct SighupService {
     reloader: Arc<Reloader>,
@@ -143,7 +135,7 @@ impl BackgroundService for SighupService {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            if SIGHUP.swap(false, Ordering::SeqCst) {
+            if crate::signals::take_reload_request() {
                 log::info!("SIGHUP received: reloading");
                 let reloader = Arc::clone(&self.reloader);
                 // Loading reads a file and may resolve names: keep it off the async workers.

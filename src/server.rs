@@ -91,8 +91,14 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         server.add_service(service).add_dependency(&bootstrap);
     }
 
-    server.add_service(background_service("health checks", HealthService::new(store)));
-    server.add_service(background_service("sighup reload", SighupService::new(reloader)));
+    server.add_service(background_service(
+        "health checks",
+        HealthService::new(store),
+    ));
+    server.add_service(background_service(
+        "sighup reload",
+        SighupService::new(reloader),
+    ));
     if let Some(writer) = access_log_writer {
         server.add_service(background_service("access log", writer));
     }

@@ -54,7 +54,11 @@ impl Snapshot {
                 .map(|r| metrics.route(&r.name, &r.upstream))
                 .collect(),
             unmatched_metrics: metrics.route(NO_ROUTE, NO_ROUTE),
-            upstream_metrics: config.upstreams.iter().map(|u| metrics.upstream(&u.name)).collect(),
+            upstream_metrics: config
+                .upstreams
+                .iter()
+                .map(|u| metrics.upstream(&u.name))
+                .collect(),
             clusters,
             route_upstream,
             config: Arc::new(config),

@@ -42,10 +42,24 @@ async fn each_request_is_one_json_line_with_the_documented_keys() {
         .unwrap();
     c.get(gw.url("/missing")).send().await.unwrap();
     let lines = lines(&gw, 2).await;
-    let first = lines.iter().find(|l| l["request_id"] == "log-test-1").expect("line for request");
+    let first = lines
+        .iter()
+        .find(|l| l["request_id"] == "log-test-1")
+        .expect("line for request");
     for key in [
-        "time", "request_id", "client_ip", "method", "host", "path", "route", "upstream", "backend", "status",
-        "duration_ms", "upstream_ms", "bytes_sent",
+        "time",
+        "request_id",
+        "client_ip",
+        "method",
+        "host",
+        "path",
+        "route",
+        "upstream",
+        "backend",
+        "status",
+        "duration_ms",
+        "upstream_ms",
+        "bytes_sent",
     ] {
         assert!(first.get(key).is_some(), "missing {key}: {first}");
     }
@@ -64,7 +78,10 @@ async fn each_request_is_one_json_line_with_the_documented_keys() {
     assert_eq!(missing["status"], 404);
     assert!(missing["route"].is_null());
     let text = gw.access_log();
-    assert!(!text.contains("s3cret"), "credentials or query leaked: {text}");
+    assert!(
+        !text.contains("s3cret"),
+        "credentials or query leaked: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -30,37 +30,60 @@ upstream = "svc"
 #[tokio::test(flavor = "multi_thread")]
 async fn probes_need_no_token() {
     let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, false));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&body(&a, &b, false));
     let c = client();
     let health = c.get(gw.admin_url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(json(health).await["pid"], gw.pid());
-    assert_eq!(c.get(gw.admin_url("/ready")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(gw.admin_url("/ready")).send().await.unwrap().status(),
+        200
+    );
     let metrics = c.get(gw.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
-    assert!(metrics.text().await.unwrap().contains("gatehouse_build_info"));
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("gatehouse_build_info"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_is_503_with_the_list_when_an_upstream_has_no_healthy_backend() {
     let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, true));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&body(&a, &b, true));
     a.set_healthy(false);
     b.set_healthy(false);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let resp = client().get(gw.admin_url("/ready")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
-    assert_eq!(json(resp).await["upstreams_without_available_backend"][0], "svc");
+    assert_eq!(
+        json(resp).await["upstreams_without_available_backend"][0],
+        "svc"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_endpoints_require_the_bearer_token() {
     let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, false));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&body(&a, &b, false));
     let c = client();
-    let none = c.get(gw.admin_url("/admin/upstreams")).send().await.unwrap();
+    let none = c
+        .get(gw.admin_url("/admin/upstreams"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(none.status(), 401);
-    assert!(none.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(none.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
     let wrong = c
         .get(gw.admin_url("/admin/upstreams"))
         .bearer_auth("not-the-token")
@@ -75,7 +98,12 @@ async fn admin_endpoints_require_the_bearer_token() {
         .await
         .unwrap();
     assert_eq!(prefix.status(), 401);
-    let ok = c.get(gw.admin_url("/admin/upstreams")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let ok = c
+        .get(gw.admin_url("/admin/upstreams"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     let body = json(ok).await;
     let backends = &body["upstreams"][0]["backends"];
@@ -100,7 +128,15 @@ async fn without_a_token_admin_endpoints_answer_403() {
     assert_eq!(resp.status(), 403);
     assert_eq!(json(resp).await["error"], "admin token not configured");
     // Probes still work.
-    assert_eq!(client().get(gw.admin_url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[test]
@@ -118,10 +154,15 @@ fn non_loopback_admin_without_token_is_refused_at_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn draining_takes_a_backend_out_and_enable_brings_it_back() {
     let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, false));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&body(&a, &b, false));
     let c = client();
     let drain = c
-        .post(gw.admin_url(&format!("/admin/upstreams/svc/backends/{}/drain", a.addr_str())))
+        .post(gw.admin_url(&format!(
+            "/admin/upstreams/svc/backends/{}/drain",
+            a.addr_str()
+        )))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -132,11 +173,21 @@ async fn draining_takes_a_backend_out_and_enable_brings_it_back() {
         assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
     }
     assert_eq!(a.hits(), before, "a drained backend gets no new requests");
-    let state = json(c.get(gw.admin_url("/admin/upstreams")).bearer_auth(ADMIN_TOKEN).send().await.unwrap()).await;
+    let state = json(
+        c.get(gw.admin_url("/admin/upstreams"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(state["upstreams"][0]["backends"][0]["drained"], true);
 
     let enable = c
-        .post(gw.admin_url(&format!("/admin/upstreams/svc/backends/{}/enable", a.addr_str())))
+        .post(gw.admin_url(&format!(
+            "/admin/upstreams/svc/backends/{}/enable",
+            a.addr_str()
+        )))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -145,7 +196,10 @@ async fn draining_takes_a_backend_out_and_enable_brings_it_back() {
     for _ in 0..10 {
         c.get(gw.url("/x")).send().await.unwrap();
     }
-    assert!(a.hits() >= before + 4, "enabled backend is back in rotation");
+    assert!(
+        a.hits() >= before + 4,
+        "enabled backend is back in rotation"
+    );
 
     let unknown = c
         .post(gw.admin_url("/admin/upstreams/svc/backends/127.0.0.1:1/drain"))
@@ -171,7 +225,10 @@ async fn draining_lets_in_flight_requests_finish() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let drain = c
-        .post(gw.admin_url(&format!("/admin/upstreams/svc/backends/{}/drain", slow.addr_str())))
+        .post(gw.admin_url(&format!(
+            "/admin/upstreams/svc/backends/{}/drain",
+            slow.addr_str()
+        )))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -185,8 +242,15 @@ async fn draining_lets_in_flight_requests_finish() {
 #[tokio::test(flavor = "multi_thread")]
 async fn effective_config_is_served_with_secrets_redacted() {
     let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(&a, &b, false));
-    let resp = client().get(gw.admin_url("/admin/config")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&body(&a, &b, false));
+    let resp = client()
+        .get(gw.admin_url("/admin/config"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(!text.contains(ADMIN_TOKEN), "token leaked: {text}");
@@ -195,5 +259,8 @@ async fn effective_config_is_served_with_secrets_redacted() {
     assert_eq!(cfg["admin"]["token_env"], "GATEHOUSE_TEST_ADMIN_TOKEN");
     assert_eq!(cfg["routes"][0]["path_prefix"], "/");
     assert_eq!(cfg["upstreams"][0]["backends"][1]["addr"], b.addr_str());
-    assert!(!gw.stderr().contains(ADMIN_TOKEN), "token in the process log");
+    assert!(
+        !gw.stderr().contains(ADMIN_TOKEN),
+        "token in the process log"
+    );
 }

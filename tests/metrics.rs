@@ -18,14 +18,23 @@ fn parse(text: &str) -> Vec<Value> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 (scripts/install-deps.sh installs prometheus-client)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "exposition rejected by the Prometheus parser: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn value(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -39,8 +48,10 @@ fn value(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> 
 async fn metrics_parse_and_count_requests_by_route_upstream_and_status() {
     let a = TestBackend::start("a");
     let dead = format!("127.0.0.1:{}", common::free_port());
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&format!(
-        r#"
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&format!(
+            r#"
 [upstreams.svc]
 backends = [{{ addr = "{}", weight = 2 }}]
 [upstreams.gone]
@@ -54,8 +65,8 @@ name = "broken"
 path_prefix = "/broken"
 upstream = "gone"
 "#,
-        a.addr_str()
-    ));
+            a.addr_str()
+        ));
     let c = client();
     for _ in 0..7 {
         assert_eq!(c.get(gw.url("/api/x")).send().await.unwrap().status(), 200);
@@ -66,7 +77,14 @@ upstream = "gone"
     for _ in 0..2 {
         assert_eq!(c.get(gw.url("/broken")).send().await.unwrap().status(), 502);
     }
-    let text = c.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let samples = parse(&text);
     let requests = |route, upstream, status| {
         value(
@@ -79,32 +97,63 @@ upstream = "gone"
     assert_eq!(requests("none", "none", "4xx"), Some(3.0));
     assert_eq!(requests("broken", "gone", "5xx"), Some(2.0));
     assert_eq!(
-        value(&samples, "gatehouse_request_duration_seconds_count", &[("route", "api")]),
+        value(
+            &samples,
+            "gatehouse_request_duration_seconds_count",
+            &[("route", "api")]
+        ),
         Some(7.0)
     );
     assert_eq!(
-        value(&samples, "gatehouse_upstream_duration_seconds_count", &[("upstream", "svc")]),
+        value(
+            &samples,
+            "gatehouse_upstream_duration_seconds_count",
+            &[("upstream", "svc")]
+        ),
         Some(7.0)
     );
     let backend = a.addr_str();
     assert_eq!(
-        value(&samples, "gatehouse_upstream_backend_healthy", &[("upstream", "svc"), ("backend", &backend)]),
+        value(
+            &samples,
+            "gatehouse_upstream_backend_healthy",
+            &[("upstream", "svc"), ("backend", &backend)]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        value(&samples, "gatehouse_upstream_backend_healthy", &[("upstream", "gone"), ("backend", &dead)]),
+        value(
+            &samples,
+            "gatehouse_upstream_backend_healthy",
+            &[("upstream", "gone"), ("backend", &dead)]
+        ),
         Some(1.0),
         "exported for every backend, 1 without health checks"
     );
     assert_eq!(
-        value(&samples, "gatehouse_upstream_backend_inflight", &[("upstream", "svc"), ("backend", &backend)]),
+        value(
+            &samples,
+            "gatehouse_upstream_backend_inflight",
+            &[("upstream", "svc"), ("backend", &backend)]
+        ),
         Some(0.0)
     );
     assert_eq!(
-        value(&samples, "gatehouse_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        value(
+            &samples,
+            "gatehouse_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
         Some(1.0)
     );
-    assert_eq!(value(&samples, "gatehouse_config_reloads_total", &[("result", "success")]), Some(0.0));
+    assert_eq!(
+        value(
+            &samples,
+            "gatehouse_config_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(0.0)
+    );
     assert!(value(&samples, "gatehouse_connections_active", &[]).is_some());
     // Bounded cardinality: no label value comes from the request.
     assert!(!text.contains("/nope") && !text.contains("/api/x"));

@@ -40,7 +40,13 @@ fn start_load(gw: &Gatehouse) -> Load {
     let failed = Arc::new(AtomicUsize::new(0));
     let tasks = (0..8)
         .map(|_| {
-            let (stop, ok, failed, url, c) = (stop.clone(), ok.clone(), failed.clone(), gw.url("/x"), client());
+            let (stop, ok, failed, url, c) = (
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                gw.url("/x"),
+                client(),
+            );
             tokio::spawn(async move {
                 for _ in 0..2000 {
                     if stop.load(Ordering::Relaxed) {
@@ -54,7 +60,12 @@ fn start_load(gw: &Gatehouse) -> Load {
             })
         })
         .collect();
-    Load { stop, ok, failed, tasks }
+    Load {
+        stop,
+        ok,
+        failed,
+        tasks,
+    }
 }
 
 impl Load {
@@ -63,7 +74,10 @@ impl Load {
         for t in self.tasks {
             t.await.unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -80,7 +94,10 @@ async fn sighup_reload_under_load_switches_routing_without_errors() {
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     assert!(ok > 100, "load ran ({ok})");
-    assert!(blue.hits() > 0 && green_before_stop > 0, "traffic moved from blue to green");
+    assert!(
+        blue.hits() > 0 && green_before_stop > 0,
+        "traffic moved from blue to green"
+    );
     let after = json(client().get(gw.url("/x")).send().await.unwrap()).await;
     assert_eq!(after["backend"], "green");
     assert!(gw.stderr().contains("configuration reloaded"));
@@ -89,11 +106,18 @@ async fn sighup_reload_under_load_switches_routing_without_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_reload_under_load_switches_routing_without_errors() {
     let (blue, green) = (TestBackend::start("blue"), TestBackend::start("green"));
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&routes_to("blue", &blue, &green));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&routes_to("blue", &blue, &green));
     let load = start_load(&gw);
     tokio::time::sleep(Duration::from_millis(500)).await;
     gw.rewrite_config(&routes_to("green", &blue, &green));
-    let resp = client().post(gw.admin_url("/admin/reload")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let resp = client()
+        .post(gw.admin_url("/admin/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body = json(resp).await;
     assert_eq!(body["result"], "applied");
@@ -101,19 +125,40 @@ async fn admin_reload_under_load_switches_routing_without_errors() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
-    assert_eq!(json(client().get(gw.url("/x")).send().await.unwrap()).await["backend"], "green");
-    let metrics = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gatehouse_config_reloads_total{result=\"success\"} 1"), "{metrics}");
+    assert_eq!(
+        json(client().get(gw.url("/x")).send().await.unwrap()).await["backend"],
+        "green"
+    );
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gatehouse_config_reloads_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_reload_changes_nothing_and_reports_every_error() {
     let (blue, green) = (TestBackend::start("blue"), TestBackend::start("green"));
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&routes_to("blue", &blue, &green));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&routes_to("blue", &blue, &green));
     gw.rewrite_config(
-        &routes_to("green", &blue, &green).replace("upstream = \"green\"", "upstream = \"purple\"\nbogus = 1"),
+        &routes_to("green", &blue, &green)
+            .replace("upstream = \"green\"", "upstream = \"purple\"\nbogus = 1"),
     );
-    let resp = client().post(gw.admin_url("/admin/reload")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let resp = client()
+        .post(gw.admin_url("/admin/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 422);
     let body = json(resp).await;
     assert_eq!(body["result"], "rejected");
@@ -124,17 +169,34 @@ async fn invalid_reload_changes_nothing_and_reports_every_error() {
         .map(|e| e.as_str().unwrap().to_string())
         .collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("routes[0].upstream: unknown upstream \"purple\"")));
-    assert!(errors.iter().any(|e| e.contains("routes[0].bogus: unknown key")));
+    assert!(errors
+        .iter()
+        .any(|e| e.contains("routes[0].upstream: unknown upstream \"purple\"")));
+    assert!(errors
+        .iter()
+        .any(|e| e.contains("routes[0].bogus: unknown key")));
     // SIGHUP with the same broken file: logged, process keeps serving the old snapshot.
     gw.signal("HUP");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(gw.stderr().contains("reload rejected"));
     for _ in 0..5 {
-        assert_eq!(json(client().get(gw.url("/x")).send().await.unwrap()).await["backend"], "blue");
+        assert_eq!(
+            json(client().get(gw.url("/x")).send().await.unwrap()).await["backend"],
+            "blue"
+        );
     }
-    let metrics = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gatehouse_config_reloads_total{result=\"failure\"} 2"), "{metrics}");
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gatehouse_config_reloads_total{result=\"failure\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,36 +220,72 @@ upstream = "svc"
 "#,
             a.addr_str(),
             b.addr_str(),
-            if extra_route { "[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nupstream = \"svc\"\n" } else { "" }
+            if extra_route {
+                "[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nupstream = \"svc\"\n"
+            } else {
+                ""
+            }
         )
     };
     // The first check round runs at start; with a 5 s interval the next is far away, so health
     // seen after the reload can only be the carried-over state.
     a.set_healthy(false);
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body(false));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&body(false));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = a.hits();
     gw.rewrite_config(&body(true));
-    let resp = client().post(gw.admin_url("/admin/reload")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let resp = client()
+        .post(gw.admin_url("/admin/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     for _ in 0..10 {
-        assert_eq!(client().get(gw.url("/extra")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client()
+                .get(gw.url("/extra"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
-    assert_eq!(a.hits(), before, "the unhealthy backend stayed out after the reload");
+    assert_eq!(
+        a.hits(),
+        before,
+        "the unhealthy backend stayed out after the reload"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_that_need_an_upgrade_are_reported_not_ignored() {
     let (blue, green) = (TestBackend::start("blue"), TestBackend::start("green"));
-    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&routes_to("blue", &blue, &green));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&routes_to("blue", &blue, &green));
     let text = std::fs::read_to_string(gw.config_path()).unwrap();
     let other_port = common::free_port();
     let changed = text.replace(&gw.addr.to_string(), &format!("127.0.0.1:{other_port}"));
     gw.write_raw_config(&changed.replace("threads = 2", "threads = 3"));
-    let resp = client().post(gw.admin_url("/admin/reload")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let resp = client()
+        .post(gw.admin_url("/admin/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body = json(resp).await;
-    assert_eq!(body["needs_upgrade"], serde_json::json!(["server.listen", "server.threads"]));
+    assert_eq!(
+        body["needs_upgrade"],
+        serde_json::json!(["server.listen", "server.threads"])
+    );
     // The running listener is unchanged.
-    assert_eq!(client().get(gw.url("/x")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client().get(gw.url("/x")).send().await.unwrap().status(),
+        200
+    );
 }

@@ -35,8 +35,16 @@ impl AdminApp {
     /// `None` when the request may use `/admin/*`, else the refusal to send.
     fn refuse_unauthorised(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
         let snapshot = self.store.load();
-        let Some(token) = snapshot.config().admin.as_ref().and_then(|a| a.token.as_ref()) else {
-            return Some(views::error(StatusCode::FORBIDDEN, "admin token not configured"));
+        let Some(token) = snapshot
+            .config()
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.as_ref())
+        else {
+            return Some(views::error(
+                StatusCode::FORBIDDEN,
+                "admin token not configured",
+            ));
         };
         let presented = session
             .req_header()
@@ -46,7 +54,8 @@ impl AdminApp {
         match presented {
             Some(p) if token.matches(p) => None,
             _ => {
-                let mut resp = views::error(StatusCode::UNAUTHORIZED, "missing or invalid admin token");
+                let mut resp =
+                    views::error(StatusCode::UNAUTHORIZED, "missing or invalid admin token");
                 resp.headers_mut().insert(
                     http::header::WWW_AUTHENTICATE,
                     http::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
@@ -71,9 +80,12 @@ impl ServeHttp for AdminApp {
                 if let Some(refusal) = self.refuse_unauthorised(session) {
                     return refusal;
                 }
-                self.admin(session.req_header().method.clone(), &segments[1..]).await
+                self.admin(session.req_header().method.clone(), &segments[1..])
+                    .await
             }
-            (_, ["health" | "ready" | "metrics"]) => views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+            (_, ["health" | "ready" | "metrics"]) => {
+                views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
             _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
@@ -82,13 +94,17 @@ impl ServeHttp for AdminApp {
 impl AdminApp {
     async fn admin(&self, method: Method, rest: &[&str]) -> Response<Vec<u8>> {
         match (method, rest) {
-            (Method::GET, ["upstreams"]) => views::json(StatusCode::OK, views::upstreams(&self.store.load())),
-            (Method::POST, ["upstreams", name, "backends", addr, action @ ("drain" | "enable")]) => {
-                views::set_drained(&self.store.load(), name, addr, *action == "drain")
+            (Method::GET, ["upstreams"]) => {
+                views::json(StatusCode::OK, views::upstreams(&self.store.load()))
             }
-            (Method::GET, ["config"]) => {
-                views::json(StatusCode::OK, crate::config::render::to_json(self.store.load().config()))
-            }
+            (
+                Method::POST,
+                ["upstreams", name, "backends", addr, action @ ("drain" | "enable")],
+            ) => views::set_drained(&self.store.load(), name, addr, *action == "drain"),
+            (Method::GET, ["config"]) => views::json(
+                StatusCode::OK,
+                crate::config::render::to_json(self.store.load().config()),
+            ),
             (Method::POST, ["reload"]) => {
                 let reloader = Arc::clone(&self.reloader);
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
@@ -106,9 +122,13 @@ impl AdminApp {
                     Err(_) => views::error(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
                 }
             }
-            (_, ["upstreams"] | ["config"] | ["reload"] | ["upstreams", _, "backends", _, "drain" | "enable"]) => {
-                views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
+            (
+                _,
+                ["upstreams"]
+                | ["config"]
+                | ["reload"]
+                | ["upstreams", _, "backends", _, "drain" | "enable"],
+            ) => views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }

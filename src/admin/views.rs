@@ -48,7 +48,10 @@ pub fn ready(snapshot: &Snapshot) -> Response<Vec<u8>> {
 pub fn metrics(body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+        .header(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
         .header(http::header::CONTENT_LENGTH, body.len())
         .body(body)
         .unwrap_or_default()
@@ -84,11 +87,20 @@ pub fn upstreams(snapshot: &Snapshot) -> Value {
 }
 
 /// Drains or re-enables one backend.
-pub fn set_drained(snapshot: &Snapshot, upstream: &str, addr: &str, drained: bool) -> Response<Vec<u8>> {
+pub fn set_drained(
+    snapshot: &Snapshot,
+    upstream: &str,
+    addr: &str,
+    drained: bool,
+) -> Response<Vec<u8>> {
     let Some(cluster) = snapshot.clusters().iter().find(|c| c.name() == upstream) else {
         return error(StatusCode::NOT_FOUND, "unknown upstream");
     };
-    let Some(member) = cluster.members().iter().find(|m| m.addr.to_string() == addr) else {
+    let Some(member) = cluster
+        .members()
+        .iter()
+        .find(|m| m.addr.to_string() == addr)
+    else {
         return error(StatusCode::NOT_FOUND, "unknown backend");
     };
     member.state.set_drained(drained);

@@ -46,13 +46,19 @@ pub fn read_admin(r: &mut Reader<'_>, node: &Node<'_, '_>) -> Option<AdminSettin
         let text = r.string(&n)?;
         let addr = text.parse::<SocketAddr>().ok();
         if addr.is_none() {
-            r.error(&n, format!("invalid listen address \"{text}\" (expected IP:PORT, e.g. \"127.0.0.1:9901\")"));
+            r.error(
+                &n,
+                format!(
+                    "invalid listen address \"{text}\" (expected IP:PORT, e.g. \"127.0.0.1:9901\")"
+                ),
+            );
         }
         addr
     });
     let token_env = t.get("token_env").and_then(|n| {
         let name = r.string(&n)?;
-        let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
             r.error(&n, format!("invalid environment variable name \"{name}\""));
             return None;
@@ -67,7 +73,10 @@ pub fn read_admin(r: &mut Reader<'_>, node: &Node<'_, '_>) -> Option<AdminSettin
     if let Some(addr) = listen {
         if !addr.ip().is_loopback() && token.is_none() {
             let (at, path) = match &token_env {
-                Some((name, n)) => (n.span(), format!("{} (${name} is unset or empty)", n.path())),
+                Some((name, n)) => (
+                    n.span(),
+                    format!("{} (${name} is unset or empty)", n.path()),
+                ),
                 None => (t.span(), t.path().to_string()),
             };
             r.error_at(

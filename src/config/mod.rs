@@ -6,8 +6,8 @@
 
 pub mod admin;
 pub mod error;
-pub mod render;
 mod reader;
+pub mod render;
 pub mod route;
 pub mod secret;
 pub mod server;
@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 pub use admin::{AccessLogSettings, AdminSettings};
 pub use error::{ConfigError, ConfigErrors};
-pub use secret::Secret;
 pub use route::{HostMatch, PathMatch, RouteSpec};
+pub use secret::Secret;
 pub use server::ServerSettings;
 pub use upstream::{
     BackendSpec, Balance, HashKey, HealthCheckKind, HealthCheckSpec, Timeouts, UpstreamSpec,
@@ -114,8 +114,15 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let access_log = admin::read_access_log(&mut r, top.get("access_log").as_ref());
     if let (Some(a), Some(n)) = (&admin, top.get("admin")) {
         if server.listen.contains(&a.listen) {
-            let at = r.map(&n).and_then(|t| t.get("listen")).map_or(n.span(), |l| l.span());
-            r.error_at(at, "admin.listen", format!("{} is also a traffic listener", a.listen));
+            let at = r
+                .map(&n)
+                .and_then(|t| t.get("listen"))
+                .map_or(n.span(), |l| l.span());
+            r.error_at(
+                at,
+                "admin.listen",
+                format!("{} is also a traffic listener", a.listen),
+            );
         }
     }
 

@@ -56,19 +56,32 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(self.store.load())
     }
 
-    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut RequestCtx, prev: Box<dyn Any + Send + Sync>) {
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn Any + Send + Sync>,
+    ) {
         if let Ok(guard) = prev.downcast::<Arc<ConnectionGuard>>() {
             ctx.connection = Some(*guard);
         }
     }
 
-    fn persist_connection_context(&self, _session: &Session, ctx: &RequestCtx) -> Option<Box<dyn Any + Send + Sync>> {
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
         ctx.connection
             .as_ref()
             .map(|g| Box::new(Arc::clone(g)) as Box<dyn Any + Send + Sync>)
     }
 
-    async fn early_request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         if ctx.connection.is_none() {
             // First request of a connection (HTTP/2: of a stream).
             ctx.connection = Some(ConnectionGuard::new(&self.metrics));
@@ -200,11 +213,14 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        if crate::signals::draining() {
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
@@ -236,7 +252,9 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
         let snapshot = &ctx.snapshot;
-        snapshot.route_metrics(ctx.route).record(status, elapsed.as_secs_f64());
+        snapshot
+            .route_metrics(ctx.route)
+            .record(status, elapsed.as_secs_f64());
         let upstream = ctx.route.map(|r| snapshot.upstream_of(r));
         if let (Some(u), Some(t)) = (upstream, ctx.upstream_elapsed) {
             snapshot.upstream_metrics(u).record(t.as_secs_f64());

@@ -82,6 +82,9 @@ pub async fn reject(
 ) -> pingora::Result<()> {
     let payload = body(message_for(status), ctx.request_id.as_str());
     let resp = error_header(status, payload.len(), ctx.request_id.as_str(), extra)?;
+    if crate::signals::draining() {
+        session.set_keepalive(None);
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(payload), true).await?;
     Ok(())

@@ -25,6 +25,7 @@ pub struct Builder {
     admin: bool,
     env: Vec<(String, String)>,
     access_log_file: bool,
+    grace_period: Option<String>,
 }
 
 /// The admin token the builder puts in the environment.
@@ -40,6 +41,11 @@ impl Builder {
     pub fn admin(mut self, token: Option<&str>) -> Self {
         self.admin = true;
         self.admin_token = token.map(str::to_string);
+        self
+    }
+    /// Sets `grace_period` (default "1s").
+    pub fn grace_period(mut self, grace: &str) -> Self {
+        self.grace_period = Some(grace.to_string());
         self
     }
     /// Sets an environment variable for the process.
@@ -90,17 +96,25 @@ impl Gatehouse {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut header = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\ngrace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n{extra}\n",
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\ngrace_period = \"{grace}\"\ngraceful_shutdown_timeout = \"1s\"\n{extra}\n",
+            grace = b.grace_period.as_deref().unwrap_or("1s"),
             pid = dir.path().join("gatehouse.pid").display(),
             sock = dir.path().join("upgrade.sock").display(),
             extra = b.server_extra,
         );
-        let admin = b.admin.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let admin = b
+            .admin
+            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         if let Some(a) = admin {
-            header.push_str(&format!("[admin]\nlisten = \"{a}\"\ntoken_env = \"GATEHOUSE_TEST_ADMIN_TOKEN\"\n"));
+            header.push_str(&format!(
+                "[admin]\nlisten = \"{a}\"\ntoken_env = \"GATEHOUSE_TEST_ADMIN_TOKEN\"\n"
+            ));
         }
         if b.access_log_file {
-            header.push_str(&format!("[access_log]\npath = \"{}\"\n", dir.path().join("access.log").display()));
+            header.push_str(&format!(
+                "[access_log]\npath = \"{}\"\n",
+                dir.path().join("access.log").display()
+            ));
         }
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, format!("{header}\n{body}")).expect("write config");
@@ -133,7 +147,8 @@ impl Gatehouse {
     /// Replaces the upstreams and routes in the configuration file (the `[server]`, `[admin]`
     /// and `[access_log]` sections stay); the running process sees it on reload.
     pub fn rewrite_config(&self, body: &str) {
-        std::fs::write(self.config_path(), format!("{}\n{body}", self.header)).expect("rewrite config");
+        std::fs::write(self.config_path(), format!("{}\n{body}", self.header))
+            .expect("rewrite config");
     }
 
     /// Overwrites the whole configuration file.
@@ -168,7 +183,16 @@ impl Gatehouse {
 
     /// `http://ADMIN{path}`.
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.admin.expect("started with an admin listener"), path)
+        format!(
+            "http://{}{}",
+            self.admin.expect("started with an admin listener"),
+            path
+        )
+    }
+
+    /// The path of the gatehouse binary under test.
+    pub fn binary() -> &'static str {
+        binary()
     }
 
     /// Whether the process has exited.
@@ -187,7 +211,8 @@ impl Gatehouse {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("gatehouse exited early ({status}):\n{}", self.stderr());
             }
-            let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
+            let up =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok();
             if up(&self.addr) && self.admin.as_ref().is_none_or(up) {
                 return;
             }
