@@ -6,6 +6,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# systemd-analyze verifies the shipped unit in the tests.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

@@ -6,14 +6,18 @@
 //!
 //! | Pingora phase | what happens | module |
 //! |---|---|---|
+//! | `early_request_filter` | counts the downstream connection | [`metrics`] |
 //! | `request_filter` | request id, client IP, route match, 404/405 | [`request_id`], [`forwarding`], [`routing`] |
 //! | `upstream_peer` | backend choice among healthy ones, 503 when none | [`upstream`] |
 //! | `fail_to_connect` | one retry on another backend for refused connections | [`proxy`] |
 //! | `upstream_request_filter` | `strip_prefix`, `X-Forwarded-*`, `X-Request-Id` | [`forwarding`] |
 //! | `response_filter` | `X-Request-Id` echoed | [`proxy`] |
 //! | `fail_to_proxy` | 502/503/504 JSON answers | [`proxy::respond`] |
+//! | `logging` | metrics and the access log | [`metrics`], [`access_log`] |
 //!
-//! Active health checks run in one background service ([`upstream::health`]).
+//! Background services: active health checks ([`upstream::health`]), SIGHUP reload
+//! ([`reload`]) and the access log writer. The admin listener ([`admin`]) is a separate
+//! listening service.
 
 #![warn(missing_docs)]
 

@@ -164,7 +164,7 @@ async fn upgrade_under_load_loses_nothing() {
             "slow request finished within the grace period"
         );
     }
-    let errors = errors.lock().unwrap();
+    let errors = errors.lock().unwrap().clone();
     assert!(
         errors.is_empty(),
         "{} failures of {}: {:?}",
