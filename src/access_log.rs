@@ -50,6 +50,10 @@ pub struct Entry<'a> {
     pub upstream_ms: Option<f64>,
     /// Response body bytes sent.
     pub bytes_sent: usize,
+    /// The authenticated consumer, if any.
+    pub consumer: Option<&'a str>,
+    /// The provider that authenticated it (`jwt:NAME`, `api_key:NAME`).
+    pub auth_method: Option<&'a str>,
 }
 
 /// The request-path side of the access log.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Gatehouse: an API gateway on Pingora, configured by one TOML file.
 #[derive(Debug, Parser)]
@@ -41,4 +41,107 @@ pub struct Cli {
     /// (Pingora graceful upgrade); the old process is then sent SIGQUIT.
     #[arg(short = 'u', long = "upgrade")]
     pub upgrade: bool,
+
+    /// Maintenance commands (instead of running the gateway).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Maintenance commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage API keys in a keys file (reload the gateway afterwards to apply).
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// API key file operations.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Generate a key from the OS CSPRNG, append its SHA-256 record to FILE, and print the key
+    /// (alone, on stdout; shown only this once). The key id goes to stderr.
+    New {
+        /// Consumer the key belongs to.
+        #[arg(long)]
+        consumer: String,
+        /// Rate-limit tier.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Scopes, comma-separated (e.g. orders:read,orders:write).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 90d or 12h; default: no expiry.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// Keys file (created if missing).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Disable the key with this id (the record stays, marked disabled and revoked_at).
+    Revoke {
+        /// Key id, as printed by `keys new` (key_...).
+        id: String,
+        /// Keys file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+/// Runs a maintenance command; returns the process exit code.
+pub fn run_command(command: &Command) -> u8 {
+    use crate::config::keys_file;
+    match command {
+        Command::Keys {
+            action:
+                KeysAction::New {
+                    consumer,
+                    tier,
+                    scopes,
+                    expires,
+                    file,
+                },
+        } => {
+            let scopes: Vec<String> = scopes
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            let key = match keys_file::generate(consumer, tier.as_deref(), &scopes, *expires) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("cannot read the OS random generator: {e}");
+                    return 1;
+                }
+            };
+            if let Err(e) = keys_file::append(file, &key.record) {
+                eprintln!("{e}");
+                return 1;
+            }
+            println!("{}", key.plain);
+            eprintln!(
+                "created {} for consumer {consumer} in {}; the key above is shown only once; reload gatehouse to apply",
+                key.record.id,
+                file.display()
+            );
+            0
+        }
+        Command::Keys {
+            action: KeysAction::Revoke { id, file },
+        } => match keys_file::revoke(file, id) {
+            Ok(()) => {
+                eprintln!(
+                    "revoked {id} in {}; reload gatehouse to apply",
+                    file.display()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+    }
 }

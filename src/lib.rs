@@ -23,6 +23,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod forwarding;

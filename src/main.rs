@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        return ExitCode::from(gatehouse::cli::run_command(command));
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match gatehouse::config::load(&cli.config) {
         Ok(c) => c,

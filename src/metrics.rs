@@ -44,6 +44,30 @@ pub struct Metrics {
     reloads: IntCounterVec,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    auth: IntCounterVec,
+    jwks_keys: IntGaugeVec,
+    jwks_fetches: IntCounterVec,
+    jwks_last_success: IntGaugeVec,
+}
+
+/// Pre-resolved authentication counters of one route: for each of the route's providers (and
+/// a last entry, `none`, for requests without any credential), one counter per result.
+pub struct AuthMetrics {
+    methods: Vec<String>,
+    counters: Vec<[IntCounter; 14]>,
+}
+
+impl AuthMetrics {
+    /// Counts one outcome: `reason` `None` is a success; `method` `None` means no credential.
+    pub fn record(&self, method: Option<&str>, reason: Option<crate::auth::Reason>) {
+        let row = method
+            .and_then(|m| self.methods.iter().position(|x| x == m))
+            .unwrap_or(self.methods.len());
+        let col = reason.map_or(0, |r| r.index() + 1);
+        if let Some(c) = self.counters.get(row) {
+            c[col].inc();
+        }
+    }
 }
 
 /// Pre-resolved handles for one route.
@@ -140,6 +164,34 @@ impl Metrics {
             "gatehouse_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
         ));
+        let auth = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_auth_total",
+                "Authentication outcomes by route, provider and result.",
+            ),
+            &["route", "method", "result"],
+        ));
+        let jwks_keys = must(IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_jwks_keys",
+                "Keys currently held for a JWKS provider (0: none fetched yet).",
+            ),
+            &["provider"],
+        ));
+        let jwks_fetches = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_jwks_fetches_total",
+                "JWKS fetches by provider and result.",
+            ),
+            &["provider", "result"],
+        ));
+        let jwks_last_success = must(IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_jwks_last_success_timestamp_seconds",
+                "Unix time of the last successful JWKS fetch (0: never).",
+            ),
+            &["provider"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "Build information."),
             &["version"],
@@ -160,6 +212,10 @@ impl Metrics {
             Box::new(connections_active.clone()),
             Box::new(reloads.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(auth.clone()),
+            Box::new(jwks_keys.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(jwks_last_success.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -177,6 +233,10 @@ impl Metrics {
             connections_active,
             reloads,
             access_log_dropped,
+            auth,
+            jwks_keys,
+            jwks_fetches,
+            jwks_last_success,
         })
     }
 
@@ -186,6 +246,33 @@ impl Metrics {
             requests: CLASSES
                 .map(|class| self.requests.with_label_values(&[route, upstream, class])),
             duration: self.request_duration.with_label_values(&[route]),
+        }
+    }
+
+    /// Authentication counters for `route`, whose providers are `methods`.
+    pub fn auth(&self, route: &str, methods: &[String]) -> AuthMetrics {
+        let results: Vec<&str> = std::iter::once("success")
+            .chain(crate::auth::Reason::ALL.iter().map(|r| r.as_str()))
+            .collect();
+        let counters = methods
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once("none"))
+            .map(|m| std::array::from_fn(|i| self.auth.with_label_values(&[route, m, results[i]])))
+            .collect();
+        AuthMetrics {
+            methods: methods.to_vec(),
+            counters,
+        }
+    }
+
+    /// Handles of a JWKS provider.
+    pub fn jwks(&self, provider: &str) -> crate::auth::jwks::JwksMetrics {
+        crate::auth::jwks::JwksMetrics {
+            keys: self.jwks_keys.with_label_values(&[provider]),
+            fetch_ok: self.jwks_fetches.with_label_values(&[provider, "success"]),
+            fetch_failed: self.jwks_fetches.with_label_values(&[provider, "failure"]),
+            last_success: self.jwks_last_success.with_label_values(&[provider]),
         }
     }
 

@@ -11,6 +11,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::auth::jwks::JwksService;
 use crate::cli::Cli;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -93,8 +94,9 @@ pub fn run(config: Config, cli: &Cli) -> ! {
 
     server.add_service(background_service(
         "health checks",
-        HealthService::new(store),
+        HealthService::new(store.clone()),
     ));
+    server.add_service(background_service("jwks refresh", JwksService::new(store)));
     server.add_service(background_service(
         "sighup reload",
         SighupService::new(reloader),

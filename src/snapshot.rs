@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::auth::Authenticator;
+use crate::config::{AuthRef, Config};
 use crate::forwarding::TrustedProxies;
-use crate::metrics::{Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE};
+use crate::metrics::{AuthMetrics, Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE};
 use crate::routing::Router;
 use crate::upstream::Cluster;
 
@@ -22,6 +23,8 @@ pub struct Snapshot {
     route_metrics: Vec<RouteMetrics>,
     unmatched_metrics: RouteMetrics,
     upstream_metrics: Vec<UpstreamMetrics>,
+    auth: Authenticator,
+    auth_metrics: Vec<AuthMetrics>,
 }
 
 impl Snapshot {
@@ -45,7 +48,25 @@ impl Snapshot {
             .iter()
             .map(|r| config.upstream_index(&r.upstream).unwrap_or(0))
             .collect();
+        let auth = Authenticator::new(&config, previous.map(|p| &p.auth), metrics);
+        let auth_metrics = config
+            .routes
+            .iter()
+            .map(|r| {
+                let methods: Vec<String> = r
+                    .auth
+                    .iter()
+                    .map(|a| match a {
+                        AuthRef::Jwt(n) => format!("jwt:{n}"),
+                        AuthRef::ApiKey(n) => format!("api_key:{n}"),
+                    })
+                    .collect();
+                metrics.auth(&r.name, &methods)
+            })
+            .collect();
         Snapshot {
+            auth,
+            auth_metrics,
             router: Router::new(&config.routes),
             trusted: TrustedProxies::new(&config.server.trusted_proxies),
             route_metrics: config
@@ -98,6 +119,16 @@ impl Snapshot {
     /// Metric handles of a route, or of unmatched requests for `None`.
     pub fn route_metrics(&self, route: Option<usize>) -> &RouteMetrics {
         route.map_or(&self.unmatched_metrics, |i| &self.route_metrics[i])
+    }
+
+    /// The authenticator.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// Authentication counters of route `route`.
+    pub fn auth_metrics(&self, route: usize) -> &AuthMetrics {
+        &self.auth_metrics[route]
     }
 
     /// Metric handles of an upstream.

@@ -112,7 +112,7 @@ pub fn read_access_log(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> Acces
     if let Some(n) = t.get("path") {
         match r.string(&n) {
             Some("") => r.error(&n, "path must not be empty (omit it to log to stdout)"),
-            Some(p) => s.path = Some(PathBuf::from(p)),
+            Some(p) => s.path = Some(r.resolve(p)),
             None => {}
         }
     }

@@ -5,7 +5,9 @@
 //! string where a typed value belongs.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
+pub mod keys_file;
 mod reader;
 pub mod render;
 pub mod route;
@@ -16,8 +18,10 @@ pub mod upstream;
 use std::path::{Path, PathBuf};
 
 pub use admin::{AccessLogSettings, AdminSettings};
+pub use auth::{ApiKeySpec, AuthSettings, JwtKeys, JwtSpec};
 pub use error::{ConfigError, ConfigErrors};
-pub use route::{HostMatch, PathMatch, RouteSpec};
+pub use keys_file::ApiKeyRecord;
+pub use route::{AuthRef, HostMatch, PathMatch, RouteSpec};
 pub use secret::Secret;
 pub use server::ServerSettings;
 pub use upstream::{
@@ -42,36 +46,31 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// Access log settings.
     pub access_log: AccessLogSettings,
+    /// Authentication providers.
+    pub auth: AuthSettings,
 }
 
 impl Config {
-    /// Resolves every relative file path against `base`.
-    pub fn make_paths_absolute(&mut self, base: &Path) {
-        let abs = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        abs(&mut self.source);
-        abs(&mut self.server.pid_file);
-        abs(&mut self.server.upgrade_sock);
-        if let Some(p) = self.access_log.path.as_mut() {
-            abs(p);
-        }
-    }
-
     /// Index of the upstream called `name`.
     pub fn upstream_index(&self, name: &str) -> Option<usize> {
         self.upstreams.iter().position(|u| u.name == name)
     }
 }
 
-const TOP_KEYS: &[&str] = &["server", "admin", "access_log", "upstreams", "routes"];
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "admin",
+    "access_log",
+    "auth",
+    "upstreams",
+    "routes",
+];
 
-/// Reads and validates the file at `path`. Relative paths in the file (pid file, upgrade
-/// socket, access log) are taken relative to the current directory now, because a daemonised
-/// process changes its working directory to `/`.
+/// Reads and validates the file at `path`. Relative paths inside the file are relative to the
+/// file's directory (a daemonised process's working directory is `/`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = absolute.as_path();
     let src = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -81,11 +80,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read configuration file: {e}"),
         }])
     })?;
-    let mut config = parse(path, &src)?;
-    if let Ok(cwd) = std::env::current_dir() {
-        config.make_paths_absolute(&cwd);
-    }
-    Ok(config)
+    parse(path, &src)
 }
 
 /// Validates `src` as if read from `path`.
@@ -126,6 +121,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         }
     }
 
+    let (auth, providers) = auth::read(&mut r, top.get("auth").as_ref());
     let mut upstreams = Vec::new();
     let mut declared = Vec::new();
     if let Some(n) = top.get("upstreams") {
@@ -156,7 +152,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
                     .map(item)
                     .and_then(|t| t.get("name"))
                     .and_then(|n| n.value().as_str().map(|s| (s.to_string(), n)));
-                let route = route::read(&mut r, item, &declared);
+                let route = route::read(&mut r, item, &declared, &providers);
                 if let Some((name, node)) = name {
                     if seen.contains(&name) {
                         r.error(&node, format!("duplicate route name \"{name}\""));
@@ -180,5 +176,6 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         routes,
         admin,
         access_log,
+        auth,
     })
 }

@@ -24,6 +24,8 @@ pub struct Reader<'s> {
     line_starts: Vec<usize>,
     src: &'s str,
     errors: Vec<(usize, ConfigError)>,
+    /// Problems found in other files this one refers to (e.g. a keys file).
+    foreign: Vec<ConfigError>,
 }
 
 /// A table whose keys have been checked against the schema; fields are fetched by name.
@@ -65,7 +67,24 @@ impl<'s> Reader<'s> {
             line_starts,
             src,
             errors: Vec::new(),
+            foreign: Vec::new(),
         }
+    }
+
+    /// Resolves a path written in this file: relative paths are relative to the file's
+    /// directory, so the meaning does not depend on the process's working directory.
+    pub fn resolve(&self, text: &str) -> std::path::PathBuf {
+        let p = Path::new(text);
+        match self.file.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    /// Takes over problems found in a file this one refers to; they are reported after this
+    /// file's own.
+    pub fn absorb(&mut self, errors: Vec<ConfigError>) {
+        self.foreign.extend(errors);
     }
 
     /// Records a problem at `span`.
@@ -93,13 +112,15 @@ impl<'s> Reader<'s> {
 
     /// How many problems have been recorded so far.
     pub fn error_count(&self) -> usize {
-        self.errors.len()
+        self.errors.len() + self.foreign.len()
     }
 
     /// The problems found, in file order.
     pub fn into_errors(mut self) -> Vec<ConfigError> {
         self.errors.sort_by_key(|(offset, _)| *offset);
-        self.errors.into_iter().map(|(_, e)| e).collect()
+        let mut out: Vec<ConfigError> = self.errors.into_iter().map(|(_, e)| e).collect();
+        out.extend(self.foreign);
+        out
     }
 
     /// Reads `node` as a table whose keys must all be in `known`; reports each unknown key.

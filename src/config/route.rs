@@ -56,6 +56,23 @@ pub struct RouteSpec {
     pub strip_prefix: Option<String>,
     /// Higher wins among matching routes.
     pub priority: i32,
+    /// Accepted authentication providers; any one suffices. Empty: a public route.
+    pub auth: Vec<AuthRef>,
+    /// The identity must hold at least one of these roles (when not empty).
+    pub require_roles: Vec<String>,
+    /// The identity must hold all of these scopes.
+    pub require_scopes: Vec<String>,
+    /// Strip the credential (Authorization or the key header) before forwarding.
+    pub hide_credentials: bool,
+}
+
+/// A reference to an authentication provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRef {
+    /// `jwt:NAME`
+    Jwt(String),
+    /// `api_key:NAME`
+    ApiKey(String),
 }
 
 /// Methods a route may list. Extension methods are not routable by name.
@@ -74,10 +91,19 @@ const KEYS: &[&str] = &[
     "upstream",
     "strip_prefix",
     "priority",
+    "auth",
+    "require_roles",
+    "require_scopes",
+    "hide_credentials",
 ];
 
 /// Reads one route; `upstreams` lists the declared upstream names (for the existence check).
-pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Option<RouteSpec> {
+pub fn read(
+    r: &mut Reader<'_>,
+    node: &Node<'_, '_>,
+    upstreams: &[&str],
+    providers: &[String],
+) -> Option<RouteSpec> {
     let t = r.table(node, KEYS)?;
     let errors_before = r.error_count();
 
@@ -194,6 +220,51 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Opti
             .map(|v| v as i32),
     };
 
+    let mut auth = Vec::new();
+    if let Some(n) = t.get("auth") {
+        if let Some(items) = r.strings(&n) {
+            for (text, span, path) in items {
+                let parsed = if let Some(name) = text.strip_prefix("jwt:") {
+                    Some(AuthRef::Jwt(name.to_string()))
+                } else {
+                    text.strip_prefix("api_key:")
+                        .map(|name| AuthRef::ApiKey(name.to_string()))
+                };
+                match parsed {
+                    None => r.error_at(
+                        span,
+                        &path,
+                        format!("invalid auth \"{text}\" (expected jwt:NAME or api_key:NAME)"),
+                    ),
+                    Some(_) if !providers.iter().any(|p| p == text) => {
+                        r.error_at(span, &path, format!("unknown auth provider \"{text}\""))
+                    }
+                    Some(a) if !auth.contains(&a) => auth.push(a),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let list = |r: &mut Reader<'_>, key: &str| -> Vec<String> {
+        t.get(key)
+            .and_then(|n| r.strings(&n))
+            .map(|v| v.into_iter().map(|(s, _, _)| s.to_string()).collect())
+            .unwrap_or_default()
+    };
+    let require_roles = list(r, "require_roles");
+    let require_scopes = list(r, "require_scopes");
+    if (!require_roles.is_empty() || !require_scopes.is_empty()) && t.get("auth").is_none() {
+        r.error_at(
+            t.span(),
+            t.path(),
+            "require_roles / require_scopes need auth on the route",
+        );
+    }
+    let hide_credentials = t
+        .get("hide_credentials")
+        .and_then(|n| r.boolean(&n))
+        .unwrap_or(false);
+
     if r.error_count() > errors_before {
         return None;
     }
@@ -206,6 +277,10 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, upstreams: &[&str]) -> Opti
         upstream: upstream?,
         strip_prefix,
         priority: priority?,
+        auth,
+        require_roles,
+        require_scopes,
+        hide_credentials,
     })
 }
 

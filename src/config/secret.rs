@@ -14,6 +14,11 @@ impl Secret {
         Secret(value)
     }
 
+    /// The secret itself, for building keys. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Constant-time comparison with `candidate`.
     pub fn matches(&self, candidate: &[u8]) -> bool {
         self.0.as_bytes().ct_eq(candidate).into()

@@ -139,5 +139,5 @@ fn path(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<PathBuf> {
         r.error(n, "path must not be empty");
         return None;
     }
-    Some(PathBuf::from(text))
+    Some(r.resolve(text))
 }

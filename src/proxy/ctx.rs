@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Identity;
 use crate::metrics::ConnectionGuard;
 use crate::request_id::RequestId;
 use crate::snapshot::Snapshot;
@@ -46,6 +47,8 @@ pub struct RequestCtx {
     pub failure_status: Option<u16>,
     /// Keeps the downstream connection counted while it is open.
     pub connection: Option<Arc<ConnectionGuard>>,
+    /// The authenticated caller, on protected routes.
+    pub identity: Option<Identity>,
 }
 
 impl RequestCtx {
@@ -66,6 +69,7 @@ impl RequestCtx {
             upstream_elapsed: None,
             failure_status: None,
             connection: None,
+            identity: None,
         }
     }
 }

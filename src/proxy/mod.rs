@@ -48,6 +48,40 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Runs the route's authentication; answers 401/403 itself and returns `Ok(true)` when the
+    /// request is refused.
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: usize,
+    ) -> Result<bool> {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        if !snapshot.auth().protects(route) {
+            return Ok(false);
+        }
+        let spec = &snapshot.config().routes[route];
+        let outcome = snapshot
+            .auth()
+            .authenticate(route, spec, &session.req_header().headers)
+            .await;
+        let counters = snapshot.auth_metrics(route);
+        match outcome {
+            Ok(identity) => {
+                counters.record(Some(&identity.method), None);
+                ctx.identity = Some(identity);
+                Ok(false)
+            }
+            Err(denial) => {
+                counters.record(denial.method.as_deref(), Some(denial.reason));
+                respond::deny(session, ctx, &denial).await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -113,7 +147,7 @@ impl ProxyHttp for Gateway {
         match ctx.snapshot.router().lookup(&view) {
             RouteMatch::Found(i) => {
                 ctx.route = Some(i);
-                Ok(false)
+                self.authenticate(session, ctx, i).await
             }
             RouteMatch::MethodNotAllowed(allowed) => {
                 let allow = allowed.allow_header();
@@ -185,6 +219,19 @@ impl ProxyHttp for Gateway {
                     upstream_request.set_uri(uri);
                 }
             }
+        }
+        for name in crate::auth::IDENTITY_HEADERS {
+            upstream_request.remove_header(name);
+        }
+        if let Some(route) = ctx.route {
+            if ctx.snapshot.config().routes[route].hide_credentials {
+                for name in ctx.snapshot.auth().credential_headers(route) {
+                    upstream_request.remove_header(&name);
+                }
+            }
+        }
+        if let Some(id) = &ctx.identity {
+            set_identity_headers(upstream_request, id)?;
         }
         crate::forwarding::set_upstream_headers(
             upstream_request,
@@ -283,9 +330,27 @@ impl ProxyHttp for Gateway {
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 upstream_ms: ctx.upstream_elapsed.map(|t| t.as_secs_f64() * 1000.0),
                 bytes_sent: session.body_bytes_sent(),
+                consumer: ctx.identity.as_ref().map(|i| i.consumer.as_str()),
+                auth_method: ctx.identity.as_ref().map(|i| i.method.as_str()),
             });
         }
     }
+}
+
+/// Tells the upstream who the caller is.
+fn set_identity_headers(req: &mut RequestHeader, id: &crate::auth::Identity) -> Result<()> {
+    req.insert_header("x-consumer-id", id.consumer.as_str())?;
+    if let Some(tier) = &id.tier {
+        req.insert_header("x-consumer-tier", tier.as_str())?;
+    }
+    req.insert_header("x-auth-method", id.method.as_str())?;
+    if !id.roles.is_empty() {
+        req.insert_header("x-auth-roles", id.roles.join(","))?;
+    }
+    if !id.scopes.is_empty() {
+        req.insert_header("x-auth-scopes", id.scopes.join(" "))?;
+    }
+    Ok(())
 }
 
 /// The request's host: the `Host` header, else the URI authority (HTTP/2).

@@ -103,3 +103,49 @@ pub async fn fail(session: &mut Session, ctx: &RequestCtx, status: u16) {
         log::debug!("could not send error response: {e}");
     }
 }
+
+/// Refuses a request that failed authentication (401) or authorisation (403), with an RFC 6750
+/// `WWW-Authenticate` challenge and a JSON body naming the reason. The credential itself never
+/// appears.
+pub async fn deny(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    denial: &crate::auth::Denial,
+) -> pingora::Result<()> {
+    use crate::auth::Reason;
+    let description = denial.description.replace(['"', '\\'], "'");
+    let (status, error, challenge) = match denial.reason {
+        Reason::Missing => (401, "authentication required", "Bearer realm=\"gatehouse\"".to_string()),
+        r if r.is_forbidden() => (
+            403,
+            "forbidden",
+            format!("Bearer realm=\"gatehouse\", error=\"insufficient_scope\", error_description=\"{description}\""),
+        ),
+        _ => (
+            401,
+            "invalid credentials",
+            format!("Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"{description}\""),
+        ),
+    };
+    let payload = Bytes::from(
+        serde_json::json!({
+            "error": error,
+            "reason": denial.reason.as_str(),
+            "detail": denial.description,
+            "request_id": ctx.request_id.as_str(),
+        })
+        .to_string(),
+    );
+    let resp = error_header(
+        status,
+        payload.len(),
+        ctx.request_id.as_str(),
+        &[("www-authenticate", &challenge)],
+    )?;
+    if crate::signals::draining() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(payload), true).await?;
+    Ok(())
+}

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod gateway;
+pub mod jwt;
 
 pub use backend::TestBackend;
 pub use gateway::{check_config, free_port, Gatehouse, ADMIN_TOKEN};

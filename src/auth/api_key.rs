@@ -1,0 +1,69 @@
+//! API key verification: the presented key is hashed (SHA-256) and looked up; only hashes are
+//! ever held. Built once per snapshot from the keys file read at load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderName;
+
+use super::identity::{Denial, Identity, Reason};
+use super::MAX_CREDENTIAL_LEN;
+use crate::config::keys_file::hash_key;
+use crate::config::{ApiKeyRecord, ApiKeySpec};
+
+/// One API key provider's keys, indexed by hash.
+pub struct ApiKeyStore {
+    label: String,
+    header: HeaderName,
+    by_hash: HashMap<[u8; 32], Arc<ApiKeyRecord>>,
+}
+
+impl ApiKeyStore {
+    /// Indexes the provider's records.
+    pub fn new(spec: &ApiKeySpec) -> Self {
+        ApiKeyStore {
+            label: format!("api_key:{}", spec.name),
+            header: spec.header.clone(),
+            by_hash: spec
+                .keys
+                .iter()
+                .map(|k| (k.hash, Arc::new(k.clone())))
+                .collect(),
+        }
+    }
+
+    /// `api_key:NAME`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The header that carries the key.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
+    /// Verifies a presented key at time `now`.
+    pub fn verify(&self, presented: &[u8], now: SystemTime) -> Result<Identity, Denial> {
+        if presented.len() > MAX_CREDENTIAL_LEN {
+            return Err(Denial::new(Reason::Malformed, "credential too large"));
+        }
+        let Some(rec) = self.by_hash.get(&hash_key(presented)) else {
+            return Err(Denial::new(Reason::UnknownKey, "unknown API key"));
+        };
+        if rec.disabled {
+            return Err(Denial::new(Reason::RevokedKey, "API key revoked"));
+        }
+        if rec.expires_at.is_some_and(|t| now >= t) {
+            return Err(Denial::new(Reason::ExpiredKey, "API key expired"));
+        }
+        Ok(Identity {
+            consumer: rec.consumer.clone(),
+            tier: rec.tier.clone(),
+            method: self.label.clone(),
+            roles: Vec::new(),
+            scopes: rec.scopes.clone(),
+            key_id: Some(rec.id.clone()),
+        })
+    }
+}

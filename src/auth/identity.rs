@@ -1,0 +1,119 @@
+//! Who a request is, once authenticated, and the bounded set of reasons it may be refused.
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The consumer (API key owner or JWT consumer claim).
+    pub consumer: String,
+    /// Rate-limit tier, if the credential names one.
+    pub tier: Option<String>,
+    /// The provider that authenticated it, as `jwt:NAME` or `api_key:NAME`.
+    pub method: String,
+    /// Roles (JWT roles claim).
+    pub roles: Vec<String>,
+    /// Scopes (JWT `scope`, API key scopes).
+    pub scopes: Vec<String>,
+    /// The API key id, when authenticated by an API key (safe to log).
+    pub key_id: Option<String>,
+}
+
+/// Why authentication or authorisation failed. The set is closed: it is used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No credential for any of the route's providers.
+    Missing,
+    /// The credential cannot be parsed, is too large or lacks a required claim.
+    Malformed,
+    /// The signature does not verify.
+    BadSignature,
+    /// `exp` has passed.
+    Expired,
+    /// `nbf` or `iat` is in the future.
+    NotYetValid,
+    /// `iss` is missing or not the configured issuer.
+    WrongIssuer,
+    /// `aud` is missing or names none of the configured audiences.
+    WrongAudience,
+    /// No key for the token's `kid`, or an unknown API key.
+    UnknownKey,
+    /// The token's `alg` is not allowed (or does not fit the key).
+    AlgorithmNotAllowed,
+    /// The API key was revoked (disabled).
+    RevokedKey,
+    /// The API key has expired.
+    ExpiredKey,
+    /// Authenticated, but a required scope is missing (403).
+    InsufficientScope,
+    /// Authenticated, but none of the required roles is held (403).
+    MissingRole,
+}
+
+impl Reason {
+    /// Every reason, in label order.
+    pub const ALL: [Reason; 13] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongIssuer,
+        Reason::WrongAudience,
+        Reason::UnknownKey,
+        Reason::AlgorithmNotAllowed,
+        Reason::RevokedKey,
+        Reason::ExpiredKey,
+        Reason::InsufficientScope,
+        Reason::MissingRole,
+    ];
+
+    /// The reason as sent in bodies and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::UnknownKey => "unknown_key",
+            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Reason::RevokedKey => "revoked_key",
+            Reason::ExpiredKey => "expired_key",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::MissingRole => "missing_role",
+        }
+    }
+
+    /// Position in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+
+    /// Whether this is an authorisation (403) rather than authentication (401) failure.
+    pub fn is_forbidden(self) -> bool {
+        matches!(self, Reason::InsufficientScope | Reason::MissingRole)
+    }
+}
+
+/// A refusal: the reason and a human-readable description (never containing the credential).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The bounded reason.
+    pub reason: Reason,
+    /// What exactly was wrong.
+    pub description: String,
+    /// The provider that refused (`None` when no credential was presented).
+    pub method: Option<String>,
+}
+
+impl Denial {
+    /// A denial for `reason` with `description`.
+    pub fn new(reason: Reason, description: impl Into<String>) -> Self {
+        Denial {
+            reason,
+            description: description.into(),
+            method: None,
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! JWKS key sets fetched over HTTP(S). A set is shared by every snapshot that uses the same
+//! provider and URL, refreshed by a background service, and refetched on demand when a token
+//! names an unknown `kid` (single flight, at most once per `min_refetch_interval`), so a token
+//! signed with a freshly rotated key verifies the first time. A failed fetch keeps the last
+//! good keys.
+//!
+//! When the endpoint is down at start, the set is empty: tokens are refused with 401
+//! `unknown_key` (public routes are unaffected), `gatehouse_jwks_keys` is 0, the background
+//! service retries every `min_refetch_interval`, and keys appear as soon as a fetch succeeds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use prometheus::{IntCounter, IntGauge};
+
+use crate::snapshot::SnapshotStore;
+
+/// How long a request waits for an on-demand refetch.
+pub const REFETCH_WAIT: Duration = Duration::from_secs(2);
+/// Budget of one background fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest accepted JWKS document.
+const MAX_DOCUMENT: usize = 1024 * 1024;
+
+/// A verification key with the algorithm its JWK pins, if any.
+#[derive(Clone)]
+pub struct JwkKey {
+    /// The key.
+    pub key: DecodingKey,
+    /// The JWK's `alg`, when it names one.
+    pub alg: Option<Algorithm>,
+}
+
+/// Keys by `kid`.
+pub type KeyMap = HashMap<String, JwkKey>;
+
+/// Builds the key map of a JWKS document, skipping keys without `kid` or unusable ones.
+pub fn key_map(set: &JwkSet) -> KeyMap {
+    set.keys
+        .iter()
+        .filter_map(|jwk| {
+            let kid = jwk.common.key_id.clone()?;
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            let alg = jwk
+                .common
+                .key_algorithm
+                .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+            Some((kid, JwkKey { key, alg }))
+        })
+        .collect()
+}
+
+/// Metric handles of one key set.
+pub struct JwksMetrics {
+    /// Keys currently held.
+    pub keys: IntGauge,
+    /// Successful fetches.
+    pub fetch_ok: IntCounter,
+    /// Failed fetches.
+    pub fetch_failed: IntCounter,
+    /// Unix time of the last successful fetch.
+    pub last_success: IntGauge,
+}
+
+/// A JWKS endpoint's current keys and fetch state.
+pub struct JwksSet {
+    provider: String,
+    url: String,
+    refresh: Duration,
+    min_refetch: Duration,
+    keys: ArcSwap<KeyMap>,
+    generation: AtomicU64,
+    fetch_lock: tokio::sync::Mutex<()>,
+    last_attempt: Mutex<Option<Instant>>,
+    last_on_demand: Mutex<Option<Instant>>,
+    last_success: Mutex<Option<Instant>>,
+    client: OnceLock<reqwest::Client>,
+    metrics: JwksMetrics,
+}
+
+impl JwksSet {
+    /// An empty set for `url`; the first fetch happens in the background service.
+    pub fn new(
+        provider: &str,
+        url: &str,
+        refresh: Duration,
+        min_refetch: Duration,
+        metrics: JwksMetrics,
+    ) -> Arc<Self> {
+        Arc::new(JwksSet {
+            provider: provider.to_string(),
+            url: url.to_string(),
+            refresh,
+            min_refetch,
+            keys: ArcSwap::from_pointee(KeyMap::new()),
+            generation: AtomicU64::new(0),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            last_attempt: Mutex::new(None),
+            last_on_demand: Mutex::new(None),
+            last_success: Mutex::new(None),
+            client: OnceLock::new(),
+            metrics,
+        })
+    }
+
+    /// The endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The provider name.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// `(refresh, min_refetch_interval)`.
+    pub fn settings(&self) -> (Duration, Duration) {
+        (self.refresh, self.min_refetch)
+    }
+
+    /// The key for `kid`, if currently known.
+    pub fn get(&self, kid: &str) -> Option<JwkKey> {
+        self.keys.load().get(kid).cloned()
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.keys.load().len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key for `kid`, refetching once if it is unknown and the last attempt is older than
+    /// `min_refetch_interval`. Concurrent callers share one fetch.
+    pub async fn get_or_refetch(&self, kid: &str) -> Option<JwkKey> {
+        if let Some(k) = self.get(kid) {
+            return Some(k);
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        let _one_fetch = tokio::time::timeout(REFETCH_WAIT, self.fetch_lock.lock())
+            .await
+            .ok()?;
+        if self.generation.load(Ordering::Acquire) != seen {
+            // Someone else fetched while we waited.
+            return self.get(kid);
+        }
+        // Only on-demand refetches count against min_refetch_interval: a key rotated in just
+        // after a scheduled refresh must still be fetched.
+        {
+            let Ok(mut last) = self.last_on_demand.lock() else {
+                return None;
+            };
+            if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+                return None;
+            }
+            *last = Some(Instant::now());
+        }
+        log::info!("JWKS {}: unknown kid, refetching", self.url);
+        let _ = tokio::time::timeout(REFETCH_WAIT, self.fetch_locked()).await;
+        self.get(kid)
+    }
+
+    fn attempted_within(&self, d: Duration) -> bool {
+        self.last_attempt
+            .lock()
+            .map(|t| t.is_some_and(|t| t.elapsed() < d))
+            .unwrap_or(false)
+    }
+
+    /// Fetches now unless a fetch is already running; keeps the old keys on failure.
+    pub async fn fetch(&self) -> Option<Result<usize, String>> {
+        let _one_fetch = self.fetch_lock.try_lock().ok()?;
+        Some(self.fetch_locked().await)
+    }
+
+    async fn fetch_locked(&self) -> Result<usize, String> {
+        if let Ok(mut t) = self.last_attempt.lock() {
+            *t = Some(Instant::now());
+        }
+        let result = self.download().await;
+        match &result {
+            Ok(map) => {
+                let n = map.len();
+                self.keys.store(Arc::new(map.clone()));
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                if let Ok(mut t) = self.last_success.lock() {
+                    *t = Some(Instant::now());
+                }
+                self.metrics.keys.set(n as i64);
+                self.metrics.fetch_ok.inc();
+                let unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.metrics.last_success.set(unix as i64);
+            }
+            Err(e) => {
+                self.metrics.fetch_failed.inc();
+                log::warn!(
+                    "JWKS {}: fetch failed, keeping {} known keys: {e}",
+                    self.url,
+                    self.len()
+                );
+            }
+        }
+        result.map(|m| m.len())
+    }
+
+    async fn download(&self) -> Result<KeyMap, String> {
+        let client = self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(FETCH_TIMEOUT)
+                .no_proxy()
+                .build()
+                .unwrap_or_default()
+        });
+        let resp = client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
+        if body.len() > MAX_DOCUMENT {
+            return Err("document too large".to_string());
+        }
+        let set: JwkSet =
+            serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
+        Ok(key_map(&set))
+    }
+
+    /// When the background service should fetch next: every `refresh` after a success, every
+    /// `min_refetch_interval` while failing.
+    fn due(&self) -> bool {
+        let last_success = self.last_success.lock().ok().and_then(|t| *t);
+        match last_success {
+            Some(t) if t.elapsed() < self.refresh => false,
+            _ => !self.attempted_within(self.min_refetch.min(self.refresh)),
+        }
+    }
+}
+
+/// Background service refreshing every key set of the current snapshot.
+pub struct JwksService {
+    store: SnapshotStore,
+}
+
+impl JwksService {
+    /// A service refreshing what `store` holds.
+    pub fn new(store: SnapshotStore) -> Self {
+        JwksService { store }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for JwksService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            for set in self.store.load().auth().jwks_sets() {
+                if set.due() {
+                    let set = Arc::clone(set);
+                    tokio::spawn(async move {
+                        let _ = set.fetch().await;
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! JWT verification with jsonwebtoken. Keys and `Validation`s are built once per snapshot;
+//! a token's `alg` must be in the provider's allow-list and fit the key; `jku`, `x5u` and
+//! embedded `jwk` headers are never used to find a key (only `kid`, against our own keys).
+//! jsonwebtoken accepts tokens *missing* `iss`/`aud` unless they are required, never checks
+//! `iat`, and leaves `nbf` off by default: all three are handled here.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::identity::{Denial, Identity, Reason};
+use super::jwks::{key_map, JwkKey, JwksSet, KeyMap};
+use super::MAX_CREDENTIAL_LEN;
+use crate::config::auth::decoding_key_from_pem;
+use crate::config::{JwtKeys, JwtSpec};
+
+/// Claims that jsonwebtoken can require itself.
+const SPEC_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
+
+enum Keys {
+    /// One key for every token (PEM public key or HMAC secret); `kid` is ignored.
+    Single(DecodingKey),
+    /// Keys by `kid`, fixed at load.
+    Fixed(KeyMap),
+    /// Keys by `kid`, fetched.
+    Jwks(Arc<JwksSet>),
+}
+
+/// One JWT provider, ready to verify.
+pub struct JwtVerifier {
+    label: String,
+    validations: Vec<(Algorithm, Validation)>,
+    keys: Keys,
+    leeway: u64,
+    custom_required: Vec<String>,
+    consumer_claim: String,
+    tier_claim: Option<String>,
+    roles_claim: Option<String>,
+}
+
+impl JwtVerifier {
+    /// Builds the verifier; `jwks` supplies the shared key set for `jwks_url` providers.
+    pub fn new(spec: &JwtSpec, jwks: Option<Arc<JwksSet>>) -> Self {
+        let leeway = spec.leeway.as_secs();
+        let mut required: HashSet<String> = spec
+            .required_claims
+            .iter()
+            .filter(|c| SPEC_CLAIMS.contains(&c.as_str()))
+            .cloned()
+            .collect();
+        required.insert("exp".to_string());
+        if spec.issuer.is_some() {
+            required.insert("iss".to_string());
+        }
+        if !spec.audiences.is_empty() {
+            required.insert("aud".to_string());
+        }
+        let validations = spec
+            .algorithms
+            .iter()
+            .map(|alg| {
+                let mut v = Validation::new(*alg);
+                v.leeway = leeway;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.required_spec_claims = required.clone();
+                if let Some(iss) = &spec.issuer {
+                    v.set_issuer(&[iss]);
+                }
+                if spec.audiences.is_empty() {
+                    v.validate_aud = false;
+                } else {
+                    v.set_audience(&spec.audiences);
+                }
+                (*alg, v)
+            })
+            .collect();
+        let keys = match (&spec.keys, jwks) {
+            (JwtKeys::Secret { secret, .. }, _) => {
+                Keys::Single(DecodingKey::from_secret(secret.expose().as_bytes()))
+            }
+            (JwtKeys::PublicKey { pem, .. }, _) => {
+                let alg = spec.algorithms.first().copied().unwrap_or(Algorithm::RS256);
+                // Validated at load; an empty map refuses every token should it fail now.
+                match decoding_key_from_pem(alg, pem.as_bytes()) {
+                    Ok(k) => Keys::Single(k),
+                    Err(_) => Keys::Fixed(KeyMap::new()),
+                }
+            }
+            (JwtKeys::JwksFile { set, .. }, _) => Keys::Fixed(key_map(set)),
+            (JwtKeys::JwksUrl { .. }, Some(set)) => Keys::Jwks(set),
+            (JwtKeys::JwksUrl { .. }, None) => Keys::Fixed(KeyMap::new()),
+        };
+        JwtVerifier {
+            label: format!("jwt:{}", spec.name),
+            validations,
+            keys,
+            leeway,
+            custom_required: spec
+                .required_claims
+                .iter()
+                .filter(|c| !SPEC_CLAIMS.contains(&c.as_str()))
+                .cloned()
+                .collect(),
+            consumer_claim: spec.consumer_claim.clone(),
+            tier_claim: spec.tier_claim.clone(),
+            roles_claim: spec.roles_claim.clone(),
+        }
+    }
+
+    /// `jwt:NAME`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Verifies `token` and extracts the identity.
+    pub async fn verify(&self, token: &str) -> Result<Identity, Denial> {
+        if token.len() > MAX_CREDENTIAL_LEN {
+            return Err(Denial::new(Reason::Malformed, "credential too large"));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| header_failure(token))?;
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(Denial::new(
+                Reason::AlgorithmNotAllowed,
+                format!("algorithm {:?} is not allowed", header.alg),
+            ));
+        };
+        let key = self.key_for(header.kid.as_deref()).await?;
+        if key.alg.is_some_and(|a| a != header.alg) {
+            return Err(Denial::new(
+                Reason::AlgorithmNotAllowed,
+                "algorithm does not match the key",
+            ));
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
+            .map_err(map_error)?;
+        self.identity(data.claims)
+    }
+
+    async fn key_for(&self, kid: Option<&str>) -> Result<JwkKey, Denial> {
+        let unknown = || Denial::new(Reason::UnknownKey, "no key for this token's kid");
+        match &self.keys {
+            Keys::Single(k) => Ok(JwkKey {
+                key: k.clone(),
+                alg: None,
+            }),
+            Keys::Fixed(map) => match kid {
+                Some(kid) => map.get(kid).cloned().ok_or_else(unknown),
+                None if map.len() == 1 => Ok(map.values().next().cloned().ok_or_else(unknown)?),
+                None => Err(Denial::new(Reason::UnknownKey, "token has no kid")),
+            },
+            Keys::Jwks(set) => match kid {
+                Some(kid) => set.get_or_refetch(kid).await.ok_or_else(unknown),
+                None => Err(Denial::new(Reason::UnknownKey, "token has no kid")),
+            },
+        }
+    }
+
+    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, Denial> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(iat) = claims.get("iat") {
+            match iat.as_u64() {
+                Some(iat) if iat > now + self.leeway => {
+                    return Err(Denial::new(
+                        Reason::NotYetValid,
+                        "token issued in the future (iat)",
+                    ))
+                }
+                Some(_) => {}
+                None => return Err(Denial::new(Reason::Malformed, "iat is not a number")),
+            }
+        }
+        if let Some(missing) = self
+            .custom_required
+            .iter()
+            .find(|c| !claims.contains_key(*c))
+        {
+            return Err(Denial::new(
+                Reason::Malformed,
+                format!("missing required claim {missing}"),
+            ));
+        }
+        let consumer = match claims.get(&self.consumer_claim) {
+            Some(Value::String(s)) if header_safe(s) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                return Err(Denial::new(
+                    Reason::Malformed,
+                    format!("missing or invalid consumer claim {}", self.consumer_claim),
+                ))
+            }
+        };
+        let tier = self
+            .tier_claim
+            .as_ref()
+            .and_then(|c| claims.get(c))
+            .and_then(Value::as_str)
+            .filter(|t| header_safe(t))
+            .map(str::to_string);
+        let roles = self
+            .roles_claim
+            .as_ref()
+            .and_then(|c| claims.get(c))
+            .map(strings)
+            .unwrap_or_default();
+        let scopes = claims.get("scope").map(strings).unwrap_or_default();
+        Ok(Identity {
+            consumer,
+            tier,
+            method: self.label.clone(),
+            roles,
+            scopes,
+            key_id: None,
+        })
+    }
+}
+
+/// Strings of a claim: an array of strings, or one space-separated string. Values unsafe in a
+/// header are dropped.
+fn strings(v: &Value) -> Vec<String> {
+    let items: Vec<String> = match v {
+        Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    items
+        .into_iter()
+        .filter(|s| header_safe(s) && !s.contains(','))
+        .collect()
+}
+
+fn header_safe(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Why a header did not parse: an `alg` jsonwebtoken does not know (such as `none`) is an
+/// algorithm refusal, anything else a malformed token.
+fn header_failure(token: &str) -> Denial {
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|v| v.get("alg").and_then(Value::as_str).map(str::to_string));
+    match alg {
+        Some(a) => Denial::new(
+            Reason::AlgorithmNotAllowed,
+            format!("algorithm {a:?} is not allowed"),
+        ),
+        None => Denial::new(Reason::Malformed, "token is not a well-formed JWT"),
+    }
+}
+
+fn map_error(e: jsonwebtoken::errors::Error) -> Denial {
+    let (reason, description) = match e.kind() {
+        ErrorKind::InvalidSignature => (
+            Reason::BadSignature,
+            "signature does not verify".to_string(),
+        ),
+        ErrorKind::ExpiredSignature => (Reason::Expired, "token expired".to_string()),
+        ErrorKind::ImmatureSignature => {
+            (Reason::NotYetValid, "token not valid yet (nbf)".to_string())
+        }
+        ErrorKind::InvalidIssuer => (Reason::WrongIssuer, "wrong issuer".to_string()),
+        ErrorKind::InvalidAudience => (Reason::WrongAudience, "wrong audience".to_string()),
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
+            (Reason::WrongIssuer, "missing issuer".to_string())
+        }
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+            (Reason::WrongAudience, "missing audience".to_string())
+        }
+        ErrorKind::MissingRequiredClaim(c) => {
+            (Reason::Malformed, format!("missing required claim {c}"))
+        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::InvalidAlgorithmName => (
+            Reason::AlgorithmNotAllowed,
+            "algorithm does not fit the key".to_string(),
+        ),
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat => (
+            Reason::BadSignature,
+            "signature does not verify with the key".to_string(),
+        ),
+        _ => (
+            Reason::Malformed,
+            "token is not a well-formed JWT".to_string(),
+        ),
+    };
+    Denial::new(reason, description)
+}

@@ -1,0 +1,428 @@
+//! The `[auth.jwt.NAME]` and `[auth.api_keys.NAME]` sections: who may call protected routes.
+//! Key material is checked here, at load, so that a bad key or secret is a configuration error
+//! with a position, never a request-time surprise.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use super::keys_file::{self, ApiKeyRecord};
+use super::reader::{Node, Reader};
+use super::secret::Secret;
+
+/// Smallest accepted HMAC secret, in bytes.
+pub const MIN_HMAC_SECRET: usize = 32;
+
+/// Validated authentication providers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthSettings {
+    /// JWT providers, in file order.
+    pub jwt: Vec<JwtSpec>,
+    /// API key providers, in file order.
+    pub api_keys: Vec<ApiKeySpec>,
+}
+
+/// Where a JWT provider's verification keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwtKeys {
+    /// A JWKS document fetched over HTTP(S), refreshed in the background.
+    JwksUrl {
+        /// The document's URL.
+        url: String,
+        /// Time between background refreshes.
+        refresh: Duration,
+        /// Minimum time between fetches triggered by unknown `kid`s.
+        min_refetch_interval: Duration,
+    },
+    /// A JWKS document read from a file at load.
+    JwksFile {
+        /// The file.
+        path: PathBuf,
+        /// Its keys.
+        set: JwkSet,
+    },
+    /// One PEM public key.
+    PublicKey {
+        /// The file.
+        path: PathBuf,
+        /// Its PEM text.
+        pem: String,
+    },
+    /// An HMAC secret from the environment.
+    Secret {
+        /// The variable it came from.
+        env: String,
+        /// The secret.
+        secret: Secret,
+    },
+}
+
+/// A validated JWT provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtSpec {
+    /// Name used by routes as `jwt:NAME`.
+    pub name: String,
+    /// Accepted algorithms (never HMAC and public-key mixed).
+    pub algorithms: Vec<Algorithm>,
+    /// Verification keys.
+    pub keys: JwtKeys,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; a token must carry one of them when set.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// Claims every token must carry (`exp` always included).
+    pub required_claims: Vec<String>,
+    /// Claim naming the consumer.
+    pub consumer_claim: String,
+    /// Claim naming the tier, if any.
+    pub tier_claim: Option<String>,
+    /// Claim holding an array of roles, if any.
+    pub roles_claim: Option<String>,
+}
+
+/// A validated API key provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeySpec {
+    /// Name used by routes as `api_key:NAME`.
+    pub name: String,
+    /// The keys file.
+    pub keys_file: PathBuf,
+    /// Header carrying the key.
+    pub header: HeaderName,
+    /// The records read from the file.
+    pub keys: Vec<ApiKeyRecord>,
+}
+
+const JWT_KEYS: &[&str] = &[
+    "algorithms",
+    "jwks_url",
+    "jwks_file",
+    "public_key_file",
+    "secret_env",
+    "jwks_refresh",
+    "min_refetch_interval",
+    "issuer",
+    "audiences",
+    "leeway",
+    "required_claims",
+    "consumer_claim",
+    "tier_claim",
+    "roles_claim",
+];
+
+/// Reads `[auth]`. Also returns every declared provider as `jwt:NAME` / `api_key:NAME`,
+/// valid or not, so that routes naming an invalid provider are not reported twice.
+pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> (AuthSettings, Vec<String>) {
+    let mut out = AuthSettings::default();
+    let mut declared = Vec::new();
+    let Some(node) = node else {
+        return (out, declared);
+    };
+    let Some(t) = r.table(node, &["jwt", "api_keys"]) else {
+        return (out, declared);
+    };
+    if let Some(n) = t.get("jwt") {
+        if let Some(map) = r.map(&n) {
+            for (name, key_span, value) in map.entries() {
+                if !super::upstream::valid_name(name) {
+                    r.error_at(
+                        key_span,
+                        value.path(),
+                        "provider name must be 1-64 characters of A-Z a-z 0-9 _ - .",
+                    );
+                    continue;
+                }
+                declared.push(format!("jwt:{name}"));
+                if let Some(spec) = read_jwt(r, name, &value) {
+                    out.jwt.push(spec);
+                }
+            }
+        }
+    }
+    if let Some(n) = t.get("api_keys") {
+        if let Some(map) = r.map(&n) {
+            for (name, key_span, value) in map.entries() {
+                if !super::upstream::valid_name(name) {
+                    r.error_at(
+                        key_span,
+                        value.path(),
+                        "provider name must be 1-64 characters of A-Z a-z 0-9 _ - .",
+                    );
+                    continue;
+                }
+                declared.push(format!("api_key:{name}"));
+                if let Some(spec) = read_api_keys(r, name, &value) {
+                    out.api_keys.push(spec);
+                }
+            }
+        }
+    }
+    (out, declared)
+}
+
+fn read_jwt(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<JwtSpec> {
+    let t = r.table(node, JWT_KEYS)?;
+    let before = r.error_count();
+
+    let algorithms: Vec<Algorithm> = t
+        .require(r, "algorithms")
+        .and_then(|n| {
+            let items = r.strings(&n)?;
+            if items.is_empty() {
+                r.error(&n, "list at least one algorithm");
+                return None;
+            }
+            let mut algs = Vec::new();
+            for (text, span, path) in items {
+                match text.parse::<Algorithm>() {
+                    Ok(a) => algs.push(a),
+                    Err(_) => r.error_at(
+                        span,
+                        &path,
+                        format!("unknown algorithm \"{text}\" (HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA)"),
+                    ),
+                }
+            }
+            let hmac = algs.iter().filter(|a| is_hmac(**a)).count();
+            if hmac > 0 && hmac < algs.len() {
+                r.error(&n, "HMAC and public-key algorithms cannot be mixed in one provider");
+                return None;
+            }
+            Some(algs)
+        })
+        .unwrap_or_default();
+
+    let sources: Vec<(&str, Node<'_, '_>)> =
+        ["jwks_url", "jwks_file", "public_key_file", "secret_env"]
+            .into_iter()
+            .filter_map(|k| t.get(k).map(|n| (k, n)))
+            .collect();
+    let keys = match sources.as_slice() {
+        [] => {
+            r.error_at(
+                t.span(),
+                t.path(),
+                "set one key source: jwks_url, jwks_file, public_key_file or secret_env",
+            );
+            None
+        }
+        [(kind, n)] => read_key_source(r, &t, kind, n, &algorithms),
+        [_, (_, second), ..] => {
+            r.error(
+                second,
+                "set only one of jwks_url, jwks_file, public_key_file, secret_env",
+            );
+            None
+        }
+    };
+
+    let opt_string =
+        |r: &mut Reader<'_>, key: &str| t.get(key).and_then(|n| r.string(&n).map(str::to_string));
+    let issuer = opt_string(r, "issuer");
+    let audiences = t
+        .get("audiences")
+        .and_then(|n| r.strings(&n))
+        .map(|v| v.into_iter().map(|(s, _, _)| s.to_string()).collect())
+        .unwrap_or_default();
+    let leeway = match t.get("leeway") {
+        None => Duration::from_secs(30),
+        Some(n) => match r.string(&n) {
+            Some("0s") | Some("0") => Duration::ZERO,
+            _ => r.duration(&n).unwrap_or_default(),
+        },
+    };
+    let mut required_claims: Vec<String> = t
+        .get("required_claims")
+        .and_then(|n| r.strings(&n))
+        .map(|v| v.into_iter().map(|(s, _, _)| s.to_string()).collect())
+        .unwrap_or_default();
+    if !required_claims.iter().any(|c| c == "exp") {
+        required_claims.insert(0, "exp".to_string());
+    }
+    let consumer_claim = opt_string(r, "consumer_claim").unwrap_or_else(|| "sub".to_string());
+    let tier_claim = opt_string(r, "tier_claim");
+    let roles_claim = opt_string(r, "roles_claim");
+
+    if r.error_count() > before {
+        return None;
+    }
+    Some(JwtSpec {
+        name: name.to_string(),
+        algorithms,
+        keys: keys?,
+        issuer,
+        audiences,
+        leeway,
+        required_claims,
+        consumer_claim,
+        tier_claim,
+        roles_claim,
+    })
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+fn read_key_source(
+    r: &mut Reader<'_>,
+    t: &super::reader::Table<'_, '_>,
+    kind: &str,
+    n: &Node<'_, '_>,
+    algorithms: &[Algorithm],
+) -> Option<JwtKeys> {
+    let hmac = algorithms.first().is_some_and(|a| is_hmac(*a));
+    let text = r.string(n)?.to_string();
+    if kind == "secret_env" {
+        if !algorithms.is_empty() && !hmac {
+            r.error(n, "secret_env needs HMAC algorithms (HS256, HS384, HS512)");
+            return None;
+        }
+        let secret = std::env::var(&text).unwrap_or_default();
+        if secret.len() < MIN_HMAC_SECRET {
+            r.error(
+                n,
+                format!("${text} must hold an HMAC secret of at least {MIN_HMAC_SECRET} bytes (it is unset or shorter)"),
+            );
+            return None;
+        }
+        return Some(JwtKeys::Secret {
+            env: text,
+            secret: Secret::new(secret),
+        });
+    }
+    if hmac {
+        r.error(n, "HMAC algorithms take their key from secret_env");
+        return None;
+    }
+    match kind {
+        "jwks_url" => {
+            let url_ok = (text.starts_with("https://") || text.starts_with("http://"))
+                && reqwest::Url::parse(&text).is_ok();
+            if !url_ok {
+                r.error(n, format!("invalid URL \"{text}\" (http:// or https://)"));
+                return None;
+            }
+            let mut duration = |key: &str, default: Duration| match t.get(key) {
+                None => Some(default),
+                Some(n) => r.duration(&n),
+            };
+            Some(JwtKeys::JwksUrl {
+                url: text,
+                refresh: duration("jwks_refresh", Duration::from_secs(600))?,
+                min_refetch_interval: duration("min_refetch_interval", Duration::from_secs(30))?,
+            })
+        }
+        "jwks_file" => {
+            let path = r.resolve(&text);
+            let set = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|s| serde_json::from_str::<JwkSet>(&s).map_err(|e| e.to_string()));
+            match set {
+                Ok(set) => {
+                    for jwk in &set.keys {
+                        if let Err(e) = DecodingKey::from_jwk(jwk) {
+                            r.error(
+                                n,
+                                format!("{text}: unusable key {:?}: {e}", jwk.common.key_id),
+                            );
+                            return None;
+                        }
+                    }
+                    Some(JwtKeys::JwksFile { path, set })
+                }
+                Err(e) => {
+                    r.error(n, format!("cannot read JWKS file {text}: {e}"));
+                    None
+                }
+            }
+        }
+        _ => {
+            let path = r.resolve(&text);
+            let pem = match std::fs::read_to_string(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    r.error(n, format!("cannot read public key file {text}: {e}"));
+                    return None;
+                }
+            };
+            let families: Vec<_> = algorithms.iter().map(|a| a.family()).collect();
+            if families.windows(2).any(|w| w[0] != w[1]) {
+                r.error(
+                    n,
+                    "one public key serves one key family: list algorithms of a single family",
+                );
+                return None;
+            }
+            if let Some(a) = algorithms.first() {
+                if let Err(e) = decoding_key_from_pem(*a, pem.as_bytes()) {
+                    r.error(
+                        n,
+                        format!("{text} is not a valid {:?} public key: {e}", a.family()),
+                    );
+                    return None;
+                }
+            }
+            Some(JwtKeys::PublicKey { path, pem })
+        }
+    }
+}
+
+/// Builds a decoding key from a PEM public key for `alg`'s family.
+pub fn decoding_key_from_pem(
+    alg: Algorithm,
+    pem: &[u8],
+) -> jsonwebtoken::errors::Result<DecodingKey> {
+    use jsonwebtoken::AlgorithmFamily::*;
+    match alg.family() {
+        Rsa => DecodingKey::from_rsa_pem(pem),
+        Ec => DecodingKey::from_ec_pem(pem),
+        Ed => DecodingKey::from_ed_pem(pem),
+        Hmac => Ok(DecodingKey::from_secret(pem)),
+    }
+}
+
+fn read_api_keys(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<ApiKeySpec> {
+    let t = r.table(node, &["keys_file", "header"])?;
+    let before = r.error_count();
+    let header = match t.get("header") {
+        None => Some(HeaderName::from_static("x-api-key")),
+        Some(n) => r.string(&n).and_then(|h| {
+            let parsed = HeaderName::from_bytes(h.as_bytes()).ok();
+            if parsed.is_none() {
+                r.error(&n, format!("invalid header name \"{h}\""));
+            }
+            parsed
+        }),
+    };
+    let file = t.require(r, "keys_file").and_then(|n| {
+        let text = r.string(&n)?;
+        let path = r.resolve(text);
+        match keys_file::load(&path) {
+            Ok(keys) => Some((path, keys)),
+            Err(keys_file::LoadError::Io(e)) => {
+                r.error(&n, format!("cannot read keys file {}: {e}", path.display()));
+                None
+            }
+            Err(keys_file::LoadError::Invalid(errors)) => {
+                r.absorb(errors);
+                None
+            }
+        }
+    });
+    if r.error_count() > before {
+        return None;
+    }
+    let (keys_file, keys) = file?;
+    Some(ApiKeySpec {
+        name: name.to_string(),
+        keys_file,
+        header: header?,
+        keys,
+    })
+}
