@@ -7,15 +7,16 @@
 //! | Pingora phase | what happens | module |
 //! |---|---|---|
 //! | `early_request_filter` | counts the downstream connection | [`metrics`] |
-//! | `request_filter` | request id, client IP, route match, 404/405 | [`request_id`], [`forwarding`], [`routing`] |
+//! | `request_filter` | request id, client IP, route match (404/405), authentication (401/403) | [`request_id`], [`forwarding`], [`routing`], [`auth`] |
 //! | `upstream_peer` | backend choice among healthy ones, 503 when none | [`upstream`] |
 //! | `fail_to_connect` | one retry on another backend for refused connections | [`proxy`] |
-//! | `upstream_request_filter` | `strip_prefix`, `X-Forwarded-*`, `X-Request-Id` | [`forwarding`] |
+//! | `upstream_request_filter` | `strip_prefix`, identity headers, `X-Forwarded-*`, `X-Request-Id` | [`forwarding`], [`auth`] |
 //! | `response_filter` | `X-Request-Id` echoed | [`proxy`] |
 //! | `fail_to_proxy` | 502/503/504 JSON answers | [`proxy::respond`] |
 //! | `logging` | metrics and the access log | [`metrics`], [`access_log`] |
 //!
-//! Background services: active health checks ([`upstream::health`]), SIGHUP reload
+//! Background services: active health checks ([`upstream::health`]), JWKS refresh
+//! ([`auth::jwks`]), SIGHUP reload
 //! ([`reload`]) and the access log writer. The admin listener ([`admin`]) is a separate
 //! listening service.
 

@@ -329,7 +329,7 @@ async fn embedded_key_headers_never_select_a_key() {
     // A token signed by an attacker's key that embeds that key (jwk) and points jku at it.
     let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
     header.jwk = Some(jwk("rsa2", Algorithm::RS256, "evil"));
-    header.jku = Some(format!("{}", s.jwks.url()));
+    header.jku = Some(s.jwks.url());
     header.kid = Some("k1".to_string());
     let token = jsonwebtoken::encode(
         &header,

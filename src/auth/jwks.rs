@@ -40,7 +40,7 @@ pub struct JwkKey {
 }
 
 /// Keys by `kid`.
-pub type KeyMap = HashMap<String, JwkKey>;
+pub type KeyMap = HashMap<String, Arc<JwkKey>>;
 
 /// Builds the key map of a JWKS document, skipping keys without `kid` or unusable ones.
 pub fn key_map(set: &JwkSet) -> KeyMap {
@@ -53,7 +53,7 @@ pub fn key_map(set: &JwkSet) -> KeyMap {
                 .common
                 .key_algorithm
                 .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-            Some((kid, JwkKey { key, alg }))
+            Some((kid, Arc::new(JwkKey { key, alg })))
         })
         .collect()
 }
@@ -127,7 +127,7 @@ impl JwksSet {
     }
 
     /// The key for `kid`, if currently known.
-    pub fn get(&self, kid: &str) -> Option<JwkKey> {
+    pub fn get(&self, kid: &str) -> Option<Arc<JwkKey>> {
         self.keys.load().get(kid).cloned()
     }
 
@@ -143,7 +143,7 @@ impl JwksSet {
 
     /// The key for `kid`, refetching once if it is unknown and the last attempt is older than
     /// `min_refetch_interval`. Concurrent callers share one fetch.
-    pub async fn get_or_refetch(&self, kid: &str) -> Option<JwkKey> {
+    pub async fn get_or_refetch(&self, kid: &str) -> Option<Arc<JwkKey>> {
         if let Some(k) = self.get(kid) {
             return Some(k);
         }

@@ -24,7 +24,7 @@ const SPEC_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
 
 enum Keys {
     /// One key for every token (PEM public key or HMAC secret); `kid` is ignored.
-    Single(DecodingKey),
+    Single(Arc<JwkKey>),
     /// Keys by `kid`, fixed at load.
     Fixed(KeyMap),
     /// Keys by `kid`, fetched.
@@ -81,14 +81,15 @@ impl JwtVerifier {
             })
             .collect();
         let keys = match (&spec.keys, jwks) {
-            (JwtKeys::Secret { secret, .. }, _) => {
-                Keys::Single(DecodingKey::from_secret(secret.expose().as_bytes()))
-            }
+            (JwtKeys::Secret { secret, .. }, _) => Keys::Single(Arc::new(JwkKey {
+                key: DecodingKey::from_secret(secret.expose().as_bytes()),
+                alg: None,
+            })),
             (JwtKeys::PublicKey { pem, .. }, _) => {
                 let alg = spec.algorithms.first().copied().unwrap_or(Algorithm::RS256);
                 // Validated at load; an empty map refuses every token should it fail now.
                 match decoding_key_from_pem(alg, pem.as_bytes()) {
-                    Ok(k) => Keys::Single(k),
+                    Ok(key) => Keys::Single(Arc::new(JwkKey { key, alg: None })),
                     Err(_) => Keys::Fixed(KeyMap::new()),
                 }
             }
@@ -118,8 +119,28 @@ impl JwtVerifier {
         &self.label
     }
 
-    /// Verifies `token` and extracts the identity.
+    /// Verifies `token` and extracts the identity. A `kid` unknown to a JWKS provider triggers
+    /// one refetch (see [`JwksSet::get_or_refetch`]) before the token is refused.
     pub async fn verify(&self, token: &str) -> Result<Identity, Denial> {
+        match self.verify_known(token) {
+            Err(d) if d.reason == Reason::UnknownKey => {
+                let Keys::Jwks(set) = &self.keys else {
+                    return Err(d);
+                };
+                let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+                match kid {
+                    Some(kid) if set.get_or_refetch(&kid).await.is_some() => {
+                        self.verify_known(token)
+                    }
+                    _ => Err(d),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Verifies `token` with the keys already held (no network).
+    pub fn verify_known(&self, token: &str) -> Result<Identity, Denial> {
         if token.len() > MAX_CREDENTIAL_LEN {
             return Err(Denial::new(Reason::Malformed, "credential too large"));
         }
@@ -130,7 +151,7 @@ impl JwtVerifier {
                 format!("algorithm {:?} is not allowed", header.alg),
             ));
         };
-        let key = self.key_for(header.kid.as_deref()).await?;
+        let key = self.known_key(header.kid.as_deref())?;
         if key.alg.is_some_and(|a| a != header.alg) {
             return Err(Denial::new(
                 Reason::AlgorithmNotAllowed,
@@ -142,20 +163,18 @@ impl JwtVerifier {
         self.identity(data.claims)
     }
 
-    async fn key_for(&self, kid: Option<&str>) -> Result<JwkKey, Denial> {
+    fn known_key(&self, kid: Option<&str>) -> Result<Arc<JwkKey>, Denial> {
         let unknown = || Denial::new(Reason::UnknownKey, "no key for this token's kid");
+        let by_kid = |map: &KeyMap| match kid {
+            Some(kid) => map.get(kid).cloned().ok_or_else(unknown),
+            None if map.len() == 1 => map.values().next().cloned().ok_or_else(unknown),
+            None => Err(Denial::new(Reason::UnknownKey, "token has no kid")),
+        };
         match &self.keys {
-            Keys::Single(k) => Ok(JwkKey {
-                key: k.clone(),
-                alg: None,
-            }),
-            Keys::Fixed(map) => match kid {
-                Some(kid) => map.get(kid).cloned().ok_or_else(unknown),
-                None if map.len() == 1 => Ok(map.values().next().cloned().ok_or_else(unknown)?),
-                None => Err(Denial::new(Reason::UnknownKey, "token has no kid")),
-            },
+            Keys::Single(k) => Ok(Arc::clone(k)),
+            Keys::Fixed(map) => by_kid(map),
             Keys::Jwks(set) => match kid {
-                Some(kid) => set.get_or_refetch(kid).await.ok_or_else(unknown),
+                Some(kid) => set.get(kid).ok_or_else(unknown),
                 None => Err(Denial::new(Reason::UnknownKey, "token has no kid")),
             },
         }
