@@ -54,6 +54,10 @@ pub struct Entry<'a> {
     pub consumer: Option<&'a str>,
     /// The provider that authenticated it (`jwt:NAME`, `api_key:NAME`).
     pub auth_method: Option<&'a str>,
+    /// The rate-limit tier applied, on limited routes.
+    pub tier: Option<&'a str>,
+    /// Whether the request was refused by the rate limit (on limited routes).
+    pub rate_limited: Option<bool>,
 }
 
 /// The request-path side of the access log.

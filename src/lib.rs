@@ -30,6 +30,7 @@ pub mod config;
 pub mod forwarding;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod request_id;
 pub mod routing;

@@ -45,6 +45,11 @@ pub struct Metrics {
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
     auth: IntCounterVec,
+    ratelimit_decisions: IntCounterVec,
+    /// Failed rate-limit store calls.
+    pub ratelimit_store_errors: IntCounter,
+    /// Local rate-limit keys evicted before they were idle (memory bound reached).
+    pub ratelimit_evictions: IntCounter,
     jwks_keys: IntGaugeVec,
     jwks_fetches: IntCounterVec,
     jwks_last_success: IntGaugeVec,
@@ -171,6 +176,21 @@ impl Metrics {
             ),
             &["route", "method", "result"],
         ));
+        let ratelimit_decisions = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_ratelimit_decisions_total",
+                "Rate-limit decisions by route, tier and decision.",
+            ),
+            &["route", "tier", "decision"],
+        ));
+        let ratelimit_store_errors = must(IntCounter::new(
+            "gatehouse_ratelimit_store_errors_total",
+            "Rate-limit store calls that failed or timed out.",
+        ));
+        let ratelimit_evictions = must(IntCounter::new(
+            "gatehouse_ratelimit_evictions_total",
+            "Local rate-limit keys evicted because max_keys was reached.",
+        ));
         let jwks_keys = must(IntGaugeVec::new(
             Opts::new(
                 "gatehouse_jwks_keys",
@@ -213,6 +233,9 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(auth.clone()),
+            Box::new(ratelimit_decisions.clone()),
+            Box::new(ratelimit_store_errors.clone()),
+            Box::new(ratelimit_evictions.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(jwks_fetches.clone()),
             Box::new(jwks_last_success.clone()),
@@ -234,6 +257,9 @@ impl Metrics {
             reloads,
             access_log_dropped,
             auth,
+            ratelimit_decisions,
+            ratelimit_store_errors,
+            ratelimit_evictions,
             jwks_keys,
             jwks_fetches,
             jwks_last_success,
@@ -264,6 +290,14 @@ impl Metrics {
             methods: methods.to_vec(),
             counters,
         }
+    }
+
+    /// Decision counters (`[allowed, rejected]`) of a route and tier.
+    pub fn ratelimit_decisions(&self, route: &str, tier: &str) -> [IntCounter; 2] {
+        ["allowed", "rejected"].map(|d| {
+            self.ratelimit_decisions
+                .with_label_values(&[route, tier, d])
+        })
     }
 
     /// Handles of a JWKS provider.

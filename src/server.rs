@@ -16,6 +16,7 @@ use crate::cli::Cli;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::ratelimit::RateLimitService;
 use crate::reload::{Reloader, SighupService};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::upstream::health::HealthService;
@@ -96,7 +97,14 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         "health checks",
         HealthService::new(store.clone()),
     ));
-    server.add_service(background_service("jwks refresh", JwksService::new(store)));
+    server.add_service(background_service(
+        "jwks refresh",
+        JwksService::new(store.clone()),
+    ));
+    server.add_service(background_service(
+        "rate limit upkeep",
+        RateLimitService::new(store),
+    ));
     server.add_service(background_service(
         "sighup reload",
         SighupService::new(reloader),

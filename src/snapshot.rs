@@ -10,6 +10,7 @@ use crate::auth::Authenticator;
 use crate::config::{AuthRef, Config};
 use crate::forwarding::TrustedProxies;
 use crate::metrics::{AuthMetrics, Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE};
+use crate::ratelimit::RateLimiter;
 use crate::routing::Router;
 use crate::upstream::Cluster;
 
@@ -25,6 +26,7 @@ pub struct Snapshot {
     upstream_metrics: Vec<UpstreamMetrics>,
     auth: Authenticator,
     auth_metrics: Vec<AuthMetrics>,
+    ratelimit: RateLimiter,
 }
 
 impl Snapshot {
@@ -64,7 +66,9 @@ impl Snapshot {
                 metrics.auth(&r.name, &methods)
             })
             .collect();
+        let ratelimit = RateLimiter::new(&config, previous.map(|p| &p.ratelimit), metrics);
         Snapshot {
+            ratelimit,
             auth,
             auth_metrics,
             router: Router::new(&config.routes),
@@ -124,6 +128,11 @@ impl Snapshot {
     /// The authenticator.
     pub fn auth(&self) -> &Authenticator {
         &self.auth
+    }
+
+    /// The rate limiter.
+    pub fn ratelimit(&self) -> &RateLimiter {
+        &self.ratelimit
     }
 
     /// Authentication counters of route `route`.

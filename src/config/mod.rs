@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod keys_file;
+pub mod rate_limit;
 mod reader;
 pub mod render;
 pub mod route;
@@ -21,6 +22,9 @@ pub use admin::{AccessLogSettings, AdminSettings};
 pub use auth::{ApiKeySpec, AuthSettings, JwtKeys, JwtSpec};
 pub use error::{ConfigError, ConfigErrors};
 pub use keys_file::ApiKeyRecord;
+pub use rate_limit::{
+    LimitKey, OnStoreError, RateLimitSettings, RouteLimit, Store, SyncMode, TierSpec,
+};
 pub use route::{AuthRef, HostMatch, PathMatch, RouteSpec};
 pub use secret::Secret;
 pub use server::ServerSettings;
@@ -48,6 +52,8 @@ pub struct Config {
     pub access_log: AccessLogSettings,
     /// Authentication providers.
     pub auth: AuthSettings,
+    /// Rate limiting tiers and store.
+    pub rate_limit: RateLimitSettings,
 }
 
 impl Config {
@@ -62,6 +68,7 @@ const TOP_KEYS: &[&str] = &[
     "admin",
     "access_log",
     "auth",
+    "rate_limit",
     "upstreams",
     "routes",
 ];
@@ -122,6 +129,8 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     }
 
     let (auth, providers) = auth::read(&mut r, top.get("auth").as_ref());
+    let rate_limit = rate_limit::read(&mut r, top.get("rate_limit").as_ref());
+    let tiers: Vec<String> = rate_limit.tiers.iter().map(|t| t.name.clone()).collect();
     let mut upstreams = Vec::new();
     let mut declared = Vec::new();
     if let Some(n) = top.get("upstreams") {
@@ -152,7 +161,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
                     .map(item)
                     .and_then(|t| t.get("name"))
                     .and_then(|n| n.value().as_str().map(|s| (s.to_string(), n)));
-                let route = route::read(&mut r, item, &declared, &providers);
+                let route = route::read(&mut r, item, &declared, &providers, &tiers);
                 if let Some((name, node)) = name {
                     if seen.contains(&name) {
                         r.error(&node, format!("duplicate route name \"{name}\""));
@@ -177,5 +186,6 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         admin,
         access_log,
         auth,
+        rate_limit,
     })
 }

@@ -64,6 +64,8 @@ pub struct RouteSpec {
     pub require_scopes: Vec<String>,
     /// Strip the credential (Authorization or the key header) before forwarding.
     pub hide_credentials: bool,
+    /// Rate limit, if any.
+    pub rate_limit: Option<super::rate_limit::RouteLimit>,
 }
 
 /// A reference to an authentication provider.
@@ -95,6 +97,7 @@ const KEYS: &[&str] = &[
     "require_roles",
     "require_scopes",
     "hide_credentials",
+    "rate_limit",
 ];
 
 /// Reads one route; `upstreams` lists the declared upstream names (for the existence check).
@@ -103,6 +106,7 @@ pub fn read(
     node: &Node<'_, '_>,
     upstreams: &[&str],
     providers: &[String],
+    tiers: &[String],
 ) -> Option<RouteSpec> {
     let t = r.table(node, KEYS)?;
     let errors_before = r.error_count();
@@ -264,6 +268,9 @@ pub fn read(
         .get("hide_credentials")
         .and_then(|n| r.boolean(&n))
         .unwrap_or(false);
+    let rate_limit = t
+        .get("rate_limit")
+        .and_then(|n| super::rate_limit::read_route_limit(r, &n, tiers, t.get("auth").is_some()));
 
     if r.error_count() > errors_before {
         return None;
@@ -281,6 +288,7 @@ pub fn read(
         require_roles,
         require_scopes,
         hide_credentials,
+        rate_limit,
     })
 }
 

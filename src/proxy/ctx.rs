@@ -49,6 +49,8 @@ pub struct RequestCtx {
     pub connection: Option<Arc<ConnectionGuard>>,
     /// The authenticated caller, on protected routes.
     pub identity: Option<Identity>,
+    /// The rate-limit decision, on limited routes.
+    pub ratelimit: Option<crate::ratelimit::Decision>,
 }
 
 impl RequestCtx {
@@ -70,6 +72,7 @@ impl RequestCtx {
             failure_status: None,
             connection: None,
             identity: None,
+            ratelimit: None,
         }
     }
 }

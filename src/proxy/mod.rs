@@ -49,6 +49,32 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Applies the route's rate limit; answers 429 itself and returns `Ok(true)` when the
+    /// request is refused.
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: usize,
+    ) -> Result<bool> {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let limiter = snapshot.ratelimit();
+        let Some(decision) = limiter.check(
+            route,
+            ctx.identity.as_ref(),
+            ctx.client_ip,
+            &session.req_header().headers,
+        ) else {
+            return Ok(false);
+        };
+        ctx.ratelimit = Some(decision);
+        if decision.allowed {
+            return Ok(false);
+        }
+        respond::rate_limited(session, ctx, &decision, limiter).await?;
+        Ok(true)
+    }
+
     /// Runs the route's authentication; answers 401/403 itself and returns `Ok(true)` when the
     /// request is refused.
     async fn authenticate(
@@ -147,7 +173,10 @@ impl ProxyHttp for Gateway {
         match ctx.snapshot.router().lookup(&view) {
             RouteMatch::Found(i) => {
                 ctx.route = Some(i);
-                self.authenticate(session, ctx, i).await
+                if self.authenticate(session, ctx, i).await? {
+                    return Ok(true);
+                }
+                self.rate_limit(session, ctx, i).await
             }
             RouteMatch::MethodNotAllowed(allowed) => {
                 let allow = allowed.allow_header();
@@ -265,6 +294,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(d) = &ctx.ratelimit {
+            crate::ratelimit::headers::apply(resp, d, ctx.snapshot.ratelimit().tier_name(d.tier))?;
+        }
         if crate::signals::draining() {
             session.set_keepalive(None);
         }
@@ -331,6 +363,10 @@ impl ProxyHttp for Gateway {
                 upstream_ms: ctx.upstream_elapsed.map(|t| t.as_secs_f64() * 1000.0),
                 bytes_sent: session.body_bytes_sent(),
                 consumer: ctx.identity.as_ref().map(|i| i.consumer.as_str()),
+                tier: ctx
+                    .ratelimit
+                    .map(|d| snapshot.ratelimit().tier_name(d.tier)),
+                rate_limited: ctx.ratelimit.map(|d| !d.allowed),
                 auth_method: ctx.identity.as_ref().map(|i| i.method.as_str()),
             });
         }

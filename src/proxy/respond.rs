@@ -96,9 +96,16 @@ pub async fn fail(session: &mut Session, ctx: &RequestCtx, status: u16) {
         return;
     }
     let payload = body(message_for(status), ctx.request_id.as_str());
-    let Ok(resp) = error_header(status, payload.len(), ctx.request_id.as_str(), &[]) else {
+    let Ok(mut resp) = error_header(status, payload.len(), ctx.request_id.as_str(), &[]) else {
         return;
     };
+    if let Some(d) = &ctx.ratelimit {
+        let _ = crate::ratelimit::headers::apply(
+            &mut resp,
+            d,
+            ctx.snapshot.ratelimit().tier_name(d.tier),
+        );
+    }
     if let Err(e) = session.write_error_response(resp, payload).await {
         log::debug!("could not send error response: {e}");
     }
@@ -142,6 +149,47 @@ pub async fn deny(
         ctx.request_id.as_str(),
         &[("www-authenticate", &challenge)],
     )?;
+    if crate::signals::draining() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(payload), true).await?;
+    Ok(())
+}
+
+/// Refuses a request over its rate limit: 429 with `Retry-After`, every rate-limit header, and
+/// `{"error": "rate limit exceeded", "tier", "limit", "retry_after", "upgrade_url", "request_id"}`.
+pub async fn rate_limited(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    d: &crate::ratelimit::Decision,
+    limiter: &crate::ratelimit::RateLimiter,
+) -> pingora::Result<()> {
+    let tier = limiter.tier_name(d.tier);
+    let payload = Bytes::from(
+        serde_json::json!({
+            "error": "rate limit exceeded",
+            "tier": tier,
+            "limit": d.refusing_limit(),
+            "policy": match d.limited_by {
+                Some(crate::ratelimit::bucket::Limited::Daily) => "daily",
+                Some(crate::ratelimit::bucket::Limited::Monthly) => "monthly",
+                _ => "burst",
+            },
+            "retry_after": d.retry_after,
+            "upgrade_url": limiter.upgrade_url(d.tier),
+            "request_id": ctx.request_id.as_str(),
+        })
+        .to_string(),
+    );
+    let retry = d.retry_after.to_string();
+    let mut resp = error_header(
+        429,
+        payload.len(),
+        ctx.request_id.as_str(),
+        &[("retry-after", &retry)],
+    )?;
+    crate::ratelimit::headers::apply(&mut resp, d, tier)?;
     if crate::signals::draining() {
         session.set_keepalive(None);
     }
