@@ -4,6 +4,9 @@ set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# faketime runs a gateway instance with a skewed clock in the rate-limit tests.
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # systemd-analyze verifies the shipped unit in the tests.

@@ -59,14 +59,26 @@ impl Gateway {
     ) -> Result<bool> {
         let snapshot = Arc::clone(&ctx.snapshot);
         let limiter = snapshot.ratelimit();
-        let Some(decision) = limiter.check(
-            route,
-            ctx.identity.as_ref(),
-            ctx.client_ip,
-            &session.req_header().headers,
-        ) else {
+        let Some(decision) = limiter
+            .check(
+                route,
+                ctx.identity.as_ref(),
+                ctx.client_ip,
+                &session.req_header().headers,
+            )
+            .await
+        else {
             return Ok(false);
         };
+        if decision.store_unavailable {
+            // on_store_error = allow / deny: there is no state worth reporting in headers.
+            if decision.allowed {
+                return Ok(false);
+            }
+            let message = "service unavailable: rate limit store unavailable";
+            respond::reject_with(session, ctx, 503, message, &[("retry-after", "1")]).await?;
+            return Ok(true);
+        }
         ctx.ratelimit = Some(decision);
         if decision.allowed {
             return Ok(false);

@@ -80,7 +80,18 @@ pub async fn reject(
     status: u16,
     extra: &[(&'static str, &str)],
 ) -> pingora::Result<()> {
-    let payload = body(message_for(status), ctx.request_id.as_str());
+    reject_with(session, ctx, status, message_for(status), extra).await
+}
+
+/// Like [`reject`], with a specific message.
+pub async fn reject_with(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    message: &str,
+    extra: &[(&'static str, &str)],
+) -> pingora::Result<()> {
+    let payload = body(message, ctx.request_id.as_str());
     let resp = error_header(status, payload.len(), ctx.request_id.as_str(), extra)?;
     if crate::signals::draining() {
         session.set_keepalive(None);

@@ -1,24 +1,28 @@
 //! Tiered rate limiting: a token bucket with burst per (route, key) plus calendar-aligned
 //! daily and monthly quotas, kept in this process ([`local`]) or shared through Redis
-//! ([`redis`], exact or batched). Runs in `request_filter` after authentication: the identity
-//! chooses the tier, the route chooses the key.
+//! ([`redis`]: one atomic script call per request, or [`batched`] reservations). Runs in
+//! `request_filter` after authentication: the identity chooses the tier, the route the key.
 
+pub mod batched;
 pub mod bucket;
 pub mod headers;
 pub mod local;
+pub mod redis;
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use prometheus::IntCounter;
 
 use crate::auth::Identity;
-use crate::config::{Config, LimitKey, TierSpec};
+use crate::config::{Config, LimitKey, OnStoreError, RateLimitSettings, Store, SyncMode, TierSpec};
+use batched::Leases;
 use bucket::{Limited, Limits, Outcome};
 use local::LocalStore;
+use redis::RedisStore;
 
 /// State kept for a quota in a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,9 @@ pub struct Decision {
     pub daily: Option<QuotaState>,
     /// Monthly quota state, when the tier has one.
     pub monthly: Option<QuotaState>,
+    /// The shared store failed and `on_store_error` decided without it (`allow`: admitted
+    /// with no state to report; `deny`: refused with 503).
+    pub store_unavailable: bool,
 }
 
 impl Decision {
@@ -81,11 +88,24 @@ struct RoutePolicy {
     decisions: Vec<[IntCounter; 2]>,
 }
 
-/// Process-wide state that survives reloads: the local store and its key hasher and clock.
+/// Process-wide state that survives reloads: the local store, its key hasher and clock.
 pub struct Shared {
     local: LocalStore,
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// The Redis side, shared by snapshots with the same target and timeout.
+pub struct Remote {
+    store: Arc<RedisStore>,
+    timeout: Duration,
+    leases: Leases,
 }
 
 /// The rate limiter of one snapshot.
@@ -93,10 +113,21 @@ pub struct RateLimiter {
     tiers: Vec<Tier>,
     routes: Vec<Option<RoutePolicy>>,
     shared: Arc<Shared>,
+    remote: Option<Arc<Remote>>,
+    settings: RateLimitSettings,
+}
+
+/// What a bucket is keyed on, for one request.
+#[derive(Clone, Copy)]
+enum ClientKey<'a> {
+    Consumer(&'a str),
+    Header(&'a [u8]),
+    Ip(Option<IpAddr>),
 }
 
 impl RateLimiter {
-    /// Builds the limiter; the local store is carried over from `previous`.
+    /// Builds the limiter; the local store and the Redis connection are carried over from
+    /// `previous` (the latter when the target and timeout are unchanged).
     pub fn new(
         config: &Config,
         previous: Option<&RateLimiter>,
@@ -110,6 +141,25 @@ impl RateLimiter {
                 epoch: Instant::now(),
             })
         });
+        let remote = match &settings.store {
+            Store::Local => None,
+            target => {
+                let kept = previous
+                    .and_then(|p| p.remote.as_ref())
+                    .filter(|r| r.store.target() == target && r.timeout == settings.redis_timeout);
+                Some(kept.map(Arc::clone).unwrap_or_else(|| {
+                    Arc::new(Remote {
+                        store: RedisStore::new(
+                            target.clone(),
+                            settings.redis_timeout,
+                            metrics.ratelimit_store_errors.clone(),
+                        ),
+                        timeout: settings.redis_timeout,
+                        leases: Leases::new(),
+                    })
+                }))
+            }
+        };
         let tiers: Vec<Tier> = settings
             .tiers
             .iter()
@@ -146,6 +196,8 @@ impl RateLimiter {
             tiers,
             routes,
             shared,
+            remote,
+            settings: settings.clone(),
         }
     }
 
@@ -164,9 +216,14 @@ impl RateLimiter {
         self.tiers[tier].spec.upgrade_url.as_deref()
     }
 
+    /// The Redis store, when configured.
+    pub fn redis(&self) -> Option<&Arc<RedisStore>> {
+        self.remote.as_ref().map(|r| &r.store)
+    }
+
     /// Checks (and, when allowed, counts) one request to `route`. `None` when the route has no
     /// limit.
-    pub fn check(
+    pub async fn check(
         &self,
         route: usize,
         identity: Option<&Identity>,
@@ -178,37 +235,90 @@ impl RateLimiter {
             .and_then(|i| i.tier.as_deref())
             .and_then(|name| self.tiers.iter().position(|t| t.spec.name == name))
             .unwrap_or(policy.default_tier);
-        let key = self.key_hash(policy, identity, client_ip, headers);
+        let client_key = match (&policy.key, identity) {
+            (LimitKey::Consumer, Some(id)) => ClientKey::Consumer(&id.consumer),
+            (LimitKey::Header(name), _) => match headers.get(name) {
+                Some(v) => ClientKey::Header(v.as_bytes()),
+                None => ClientKey::Ip(client_ip),
+            },
+            _ => ClientKey::Ip(client_ip),
+        };
+        let key = self.key_hash(policy, client_key);
         let limits = &self.tiers[tier].limits;
-        let now_ms = self.shared.epoch.elapsed().as_millis() as u64;
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let out = self.shared.local.take(key, limits, now_ms, unix, 1);
-        let decision = decide(tier, limits, &out, unix);
+        let decision = match &self.remote {
+            None => self.check_local(key, tier, limits),
+            Some(remote) => {
+                let redis_key = redis_key(&self.settings.key_prefix, &policy.name, client_key);
+                let shared = match self.settings.sync {
+                    SyncMode::Exact => remote
+                        .store
+                        .take(&redis_key, limits, 1, 0, 0, 0)
+                        .await
+                        .map(|r| decide(tier, limits, &r.outcome, unix_now())),
+                    SyncMode::Batched => {
+                        let batch = batched::Batch {
+                            size: self.batch_size(limits),
+                            lease_ms: self.settings.lease.as_millis() as u64,
+                        };
+                        remote
+                            .leases
+                            .check(
+                                &remote.store,
+                                key,
+                                redis_key,
+                                tier,
+                                limits,
+                                batch,
+                                self.shared.now_ms(),
+                            )
+                            .await
+                    }
+                };
+                match (shared, self.settings.on_store_error) {
+                    (Ok(d), _) => d,
+                    (Err(()), OnStoreError::LocalFallback) => self.check_local(key, tier, limits),
+                    (Err(()), OnStoreError::Allow) => unavailable(tier, limits, true),
+                    (Err(()), OnStoreError::Deny) => unavailable(tier, limits, false),
+                }
+            }
+        };
         policy.decisions[tier][usize::from(!decision.allowed)].inc();
         Some(decision)
     }
 
-    fn key_hash(
-        &self,
-        policy: &RoutePolicy,
-        identity: Option<&Identity>,
-        ip: Option<IpAddr>,
-        headers: &HeaderMap,
-    ) -> u64 {
+    fn check_local(&self, key: u64, tier: usize, limits: &Limits) -> Decision {
+        let unix = unix_now();
+        let out = self
+            .shared
+            .local
+            .take(key, limits, self.shared.now_ms(), unix, 1);
+        decide(tier, limits, &out, unix)
+    }
+
+    /// Tokens reserved per Redis call in batched mode: `batch_size`, or max(10, rps / 10),
+    /// never more than the burst.
+    fn batch_size(&self, limits: &Limits) -> u32 {
+        let auto = ((limits.rps / 10.0).ceil() as u32).max(10);
+        self.settings
+            .batch_size
+            .unwrap_or(auto)
+            .min(limits.burst as u32)
+            .max(1)
+    }
+
+    fn key_hash(&self, policy: &RoutePolicy, key: ClientKey<'_>) -> u64 {
         let mut h = self.shared.hasher.build_hasher();
         policy.name.hash(&mut h);
-        match (&policy.key, identity) {
-            (LimitKey::Consumer, Some(id)) => {
+        match key {
+            ClientKey::Consumer(c) => {
                 0u8.hash(&mut h);
-                id.consumer.hash(&mut h);
+                c.hash(&mut h);
             }
-            (LimitKey::Header(name), _) if headers.contains_key(name) => {
+            ClientKey::Header(v) => {
                 1u8.hash(&mut h);
-                headers.get(name).map(|v| v.as_bytes()).hash(&mut h);
+                v.hash(&mut h);
             }
-            _ => {
+            ClientKey::Ip(ip) => {
                 2u8.hash(&mut h);
                 ip.hash(&mut h);
             }
@@ -216,11 +326,71 @@ impl RateLimiter {
         h.finish()
     }
 
-    /// Drops idle keys (called periodically by the background service).
-    pub fn sweep(&self) {
-        self.shared
-            .local
-            .sweep(self.shared.epoch.elapsed().as_millis() as u64);
+    /// Local-only check for benchmarks: the same path as a request on a local-store route.
+    pub fn check_local_for_bench(&self, consumer: &str, tier: usize) -> Decision {
+        let policy = self
+            .routes
+            .iter()
+            .flatten()
+            .next()
+            .expect("a limited route");
+        let key = self.key_hash(policy, ClientKey::Consumer(consumer));
+        self.check_local(key, tier, &self.tiers[tier].limits)
+    }
+
+    /// Background upkeep: drops idle local keys (when `sweep`), connects to Redis when
+    /// needed, returns expired batched reservations.
+    pub async fn upkeep(&self, sweep: bool) {
+        if sweep {
+            self.shared.local.sweep(self.shared.now_ms());
+        }
+        if let Some(remote) = &self.remote {
+            if !remote.store.connected() {
+                if let Err(e) = remote.store.connect().await {
+                    log::debug!("rate limit store: cannot connect yet: {e}");
+                }
+            }
+            remote
+                .leases
+                .release_expired(&remote.store, self.shared.now_ms())
+                .await;
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn redis_key(prefix: &str, route: &str, key: ClientKey<'_>) -> String {
+    match key {
+        ClientKey::Consumer(c) => redis::key(prefix, route, format!("c:{c}").as_bytes()),
+        ClientKey::Header(v) => {
+            let mut k = b"h:".to_vec();
+            k.extend_from_slice(v);
+            redis::key(prefix, route, &k)
+        }
+        ClientKey::Ip(Some(ip)) => redis::key(prefix, route, format!("ip:{ip}").as_bytes()),
+        ClientKey::Ip(None) => redis::key(prefix, route, b"ip:unknown"),
+    }
+}
+
+/// The decision when the shared store failed and the policy is `allow` (admitted) or `deny`.
+fn unavailable(tier: usize, limits: &Limits, allow: bool) -> Decision {
+    Decision {
+        allowed: allow,
+        tier,
+        burst: limits.burst as u32,
+        burst_window_secs: (limits.burst / limits.rps).ceil().max(1.0) as u64,
+        remaining: 0,
+        reset_secs: 0,
+        retry_after: 1,
+        limited_by: None,
+        daily: None,
+        monthly: None,
+        store_unavailable: true,
     }
 }
 
@@ -260,6 +430,7 @@ pub fn decide(tier: usize, limits: &Limits, out: &Outcome, unix_secs: u64) -> De
             out.secs_to_month_end,
             month_len,
         ),
+        store_unavailable: false,
     }
 }
 
@@ -269,7 +440,7 @@ fn month_length_secs(unix_secs: u64) -> u64 {
     u64::from(time::util::days_in_month(dt.month(), dt.year())) * 86_400
 }
 
-/// Background upkeep of the rate limiter: sweeps idle local keys.
+/// Background upkeep of the rate limiter (see [`RateLimiter::upkeep`]).
 pub struct RateLimitService {
     store: crate::snapshot::SnapshotStore,
 }
@@ -284,13 +455,16 @@ impl RateLimitService {
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for RateLimitService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for round in 0u64.. {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            self.store.load().ratelimit().sweep();
+            let snapshot = self.store.load();
+            // Sweeping walks every local key: every 5 s is plenty.
+            snapshot.ratelimit().upkeep(round % 20 == 0).await;
         }
     }
 }

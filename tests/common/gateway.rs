@@ -48,6 +48,16 @@ impl Builder {
         self.grace_period = Some(grace.to_string());
         self
     }
+    /// Runs gatehouse with its wall clock shifted by `offset` (libfaketime syntax, e.g.
+    /// "+2d"); monotonic time is left alone.
+    pub fn skewed_clock(self, offset: &str) -> Self {
+        self.env(
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        )
+        .env("FAKETIME", offset)
+        .env("DONT_FAKE_MONOTONIC", "1")
+    }
     /// Sets an environment variable for the process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod jwt;
+pub mod redis;
 
 pub use backend::TestBackend;
 pub use gateway::{check_config, free_port, Gatehouse, ADMIN_TOKEN};
