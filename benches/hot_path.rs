@@ -71,5 +71,18 @@ fn selection(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, routing, selection);
+fn rate_limit(c: &mut Criterion) {
+    let src = "[rate_limit.tiers.free]\nrps = 1000000\nburst = 1000000\ndaily_quota = 1000000000000\n\
+               [upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n\
+               [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\nrate_limit = { key = \"consumer\", default_tier = \"free\" }\nauth = [\"api_key:k\"]\n\
+               [auth.api_keys.k]\nkeys_file = \"/dev/null\"\n";
+    let cfg = gatehouse::config::parse(Path::new("bench.toml"), src).expect("valid");
+    let snapshot = Snapshot::build(cfg, None, &gatehouse::metrics::Metrics::new());
+    let limiter = snapshot.ratelimit();
+    c.bench_function("ratelimit_local_check", |b| {
+        b.iter(|| limiter.check_local_for_bench(black_box("consumer-12345"), 0))
+    });
+}
+
+criterion_group!(benches, routing, selection, rate_limit);
 criterion_main!(benches);

@@ -7,11 +7,11 @@
 //! | Pingora phase | what happens | module |
 //! |---|---|---|
 //! | `early_request_filter` | counts the downstream connection | [`metrics`] |
-//! | `request_filter` | request id, client IP, route match (404/405), authentication (401/403) | [`request_id`], [`forwarding`], [`routing`], [`auth`] |
+//! | `request_filter` | request id, client IP, route match (404/405), authentication (401/403), rate limit (429) | [`request_id`], [`forwarding`], [`routing`], [`auth`], [`ratelimit`] |
 //! | `upstream_peer` | backend choice among healthy ones, 503 when none | [`upstream`] |
 //! | `fail_to_connect` | one retry on another backend for refused connections | [`proxy`] |
 //! | `upstream_request_filter` | `strip_prefix`, identity headers, `X-Forwarded-*`, `X-Request-Id` | [`forwarding`], [`auth`] |
-//! | `response_filter` | `X-Request-Id` echoed | [`proxy`] |
+//! | `response_filter` | `X-Request-Id` echoed, rate-limit headers | [`proxy`], [`ratelimit`] |
 //! | `fail_to_proxy` | 502/503/504 JSON answers | [`proxy::respond`] |
 //! | `logging` | metrics and the access log | [`metrics`], [`access_log`] |
 //!

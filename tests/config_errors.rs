@@ -237,3 +237,42 @@ fn auth_provider_problems_are_reported() {
         "routes[0]: require_roles / require_scopes need auth on the route",
     );
 }
+
+#[test]
+fn rate_limit_problems_are_reported() {
+    rejects(
+        "[rate_limit]\nstore = \"redis\"\n",
+        "1:1",
+        "rate_limit: store = \"redis\" needs redis_url or redis_cluster",
+    );
+    rejects(
+        "[rate_limit]\nredis_url = \"http://x\"\n",
+        "2:13",
+        "rate_limit.redis_url: invalid Redis URL",
+    );
+    rejects(
+        "[rate_limit]\non_store_error = \"panic\"\n",
+        "2:18",
+        "rate_limit.on_store_error: unknown policy",
+    );
+    rejects(
+        "[rate_limit.tiers.free]\nrps = 0\nburst = 1\n",
+        "2:7",
+        "rate_limit.tiers.free.rps: must be an integer from 1",
+    );
+    rejects(
+        "[rate_limit.tiers.free]\nrps = 1\n",
+        "1:1",
+        "rate_limit.tiers.free: missing required key \"burst\"",
+    );
+    rejects(
+        &format!("[rate_limit.tiers.free]\nrps = 1\nburst = 1\n{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"users\"\nrate_limit = {{ key = \"client_ip\", default_tier = \"gold\" }}\n"),
+        "10:50",
+        "routes[0].rate_limit.default_tier: unknown tier \"gold\"",
+    );
+    rejects(
+        &format!("[rate_limit.tiers.free]\nrps = 1\nburst = 1\n{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"users\"\nrate_limit = {{ key = \"consumer\", default_tier = \"free\" }}\n"),
+        "10:22",
+        "routes[0].rate_limit.key: key = \"consumer\" needs auth",
+    );
+}

@@ -124,3 +124,23 @@ fn the_counter_sees_allocations() {
     });
     assert!(n >= 1);
 }
+
+#[test]
+fn local_rate_limit_check_allocates_nothing() {
+    let src = "[rate_limit.tiers.free]\nrps = 1000\nburst = 100000\ndaily_quota = 100000000\n\
+               [upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n\
+               [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\nrate_limit = { key = \"client_ip\", default_tier = \"free\" }\n";
+    let cfg = gatehouse::config::parse(Path::new("bench.toml"), src).expect("valid");
+    let snapshot = Snapshot::build(cfg, None, &gatehouse::metrics::Metrics::new());
+    let limiter = snapshot.ratelimit();
+    // The first check of a key inserts it into its shard.
+    limiter.check_local_for_bench("consumer-1", 0);
+    let mut allowed = 0;
+    let n = allocations_during(|| {
+        for _ in 0..1000 {
+            allowed += usize::from(limiter.check_local_for_bench("consumer-1", 0).allowed);
+        }
+    });
+    assert_eq!(n, 0, "local checks allocated {n} times");
+    assert_eq!(allowed, 1000);
+}
