@@ -65,7 +65,7 @@ fn selection(c: &mut Criterion) {
         .zip(snapshot.clusters())
     {
         g.bench_function(name, |b| {
-            b.iter(|| cluster.select(black_box(Some(b"user-12345")), None))
+            b.iter(|| cluster.pick(black_box(Some(b"user-12345")), 0, 0))
         });
     }
     g.finish();

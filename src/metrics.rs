@@ -50,6 +50,11 @@ pub struct Metrics {
     pub ratelimit_store_errors: IntCounter,
     /// Local rate-limit keys evicted before they were idle (memory bound reached).
     pub ratelimit_evictions: IntCounter,
+    circuit_state: IntGaugeVec,
+    circuit_transitions: IntCounterVec,
+    retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
+    adaptive_factor: prometheus::GaugeVec,
     jwks_keys: IntGaugeVec,
     jwks_fetches: IntCounterVec,
     jwks_last_success: IntGaugeVec,
@@ -191,6 +196,41 @@ impl Metrics {
             "gatehouse_ratelimit_evictions_total",
             "Local rate-limit keys evicted because max_keys was reached.",
         ));
+        let circuit_state = must(IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_circuit_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["upstream", "backend"],
+        ));
+        let circuit_transitions = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_circuit_transitions_total",
+                "Circuit breaker state changes, by new state.",
+            ),
+            &["upstream", "backend", "to"],
+        ));
+        let retries = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_retries_total",
+                "Retries sent, by upstream and reason.",
+            ),
+            &["upstream", "reason"],
+        ));
+        let retry_budget_exhausted = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_retry_budget_exhausted_total",
+                "Retries refused because the retry budget was spent.",
+            ),
+            &["upstream"],
+        ));
+        let adaptive_factor = must(prometheus::GaugeVec::new(
+            Opts::new(
+                "gatehouse_adaptive_limit_factor",
+                "Factor applied to the rate limits of adaptive routes.",
+            ),
+            &["route"],
+        ));
         let jwks_keys = must(IntGaugeVec::new(
             Opts::new(
                 "gatehouse_jwks_keys",
@@ -236,6 +276,11 @@ impl Metrics {
             Box::new(ratelimit_decisions.clone()),
             Box::new(ratelimit_store_errors.clone()),
             Box::new(ratelimit_evictions.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(circuit_transitions.clone()),
+            Box::new(retries.clone()),
+            Box::new(retry_budget_exhausted.clone()),
+            Box::new(adaptive_factor.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(jwks_fetches.clone()),
             Box::new(jwks_last_success.clone()),
@@ -260,6 +305,11 @@ impl Metrics {
             ratelimit_decisions,
             ratelimit_store_errors,
             ratelimit_evictions,
+            circuit_state,
+            circuit_transitions,
+            retries,
+            retry_budget_exhausted,
+            adaptive_factor,
             jwks_keys,
             jwks_fetches,
             jwks_last_success,
@@ -300,6 +350,26 @@ impl Metrics {
         })
     }
 
+    /// Transition counters of a backend, indexed by new state (closed, open, half-open).
+    pub fn circuit_transitions(&self, upstream: &str, backend: &str) -> [IntCounter; 3] {
+        ["closed", "open", "half_open"].map(|to| {
+            self.circuit_transitions
+                .with_label_values(&[upstream, backend, to])
+        })
+    }
+
+    /// Counts a retry.
+    pub fn retry(&self, upstream: &str, reason: &str) {
+        self.retries.with_label_values(&[upstream, reason]).inc();
+    }
+
+    /// Counts a retry refused by the budget.
+    pub fn retry_budget_exhausted(&self, upstream: &str) {
+        self.retry_budget_exhausted
+            .with_label_values(&[upstream])
+            .inc();
+    }
+
     /// Handles of a JWKS provider.
     pub fn jwks(&self, provider: &str) -> crate::auth::jwks::JwksMetrics {
         crate::auth::jwks::JwksMetrics {
@@ -338,8 +408,17 @@ impl Metrics {
         self.backend_healthy.reset();
         self.backend_inflight.reset();
         self.backend_drained.reset();
+        self.circuit_state.reset();
+        self.adaptive_factor.reset();
+        for (route, spec) in snapshot.config().routes.iter().enumerate() {
+            if spec.adaptive_limit {
+                self.adaptive_factor
+                    .with_label_values(&[spec.name.as_str()])
+                    .set(snapshot.cluster_of(route).state.factor());
+            }
+        }
         for cluster in snapshot.clusters() {
-            for m in cluster.members() {
+            for (i, m) in cluster.members().iter().enumerate() {
                 let addr = m.addr.to_string();
                 let labels = [cluster.name(), addr.as_str()];
                 self.backend_healthy
@@ -351,6 +430,9 @@ impl Metrics {
                 self.backend_drained
                     .with_label_values(&labels)
                     .set(i64::from(m.state.is_drained()));
+                self.circuit_state
+                    .with_label_values(&labels)
+                    .set(cluster.circuit(i) as i64);
             }
         }
         let mut out = Vec::with_capacity(8192);

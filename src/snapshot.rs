@@ -38,10 +38,18 @@ impl Snapshot {
             .iter()
             .map(|spec| {
                 let old = previous.and_then(|p| p.clusters.iter().find(|c| c.name() == spec.name));
-                Arc::new(Cluster::new(spec, |addr| {
-                    old.and_then(|c| c.members().iter().find(|m| m.addr == addr))
-                        .map(|m| Arc::clone(&m.state))
-                }))
+                let state = old.map_or_else(crate::upstream::UpstreamState::new, |c| {
+                    Arc::clone(&c.state)
+                });
+                Arc::new(Cluster::new(
+                    spec,
+                    |addr| {
+                        old.and_then(|c| c.members().iter().find(|m| m.addr == addr))
+                            .map(|m| Arc::clone(&m.state))
+                    },
+                    state,
+                    metrics,
+                ))
             })
             .collect();
         // Validation guarantees every route's upstream exists.

@@ -103,13 +103,13 @@ fn backend_selection_allocates_nothing() {
     let clusters = snapshot.clusters();
     let mut picks = Vec::with_capacity(3000);
     for c in clusters {
-        c.select(Some(b"user-1"), None);
+        let _ = c.pick(Some(b"user-1"), 0, 0);
     }
     let n = allocations_during(|| {
         for i in 0..1000u32 {
             let key = i.to_le_bytes();
             for c in clusters {
-                picks.push(c.select(Some(&key), None));
+                picks.push(c.pick(Some(&key), 0, 0).ok().map(|(i, _)| i));
             }
         }
     });

@@ -31,7 +31,7 @@ pub fn ready(snapshot: &Snapshot) -> Response<Vec<u8>> {
     let down: Vec<&str> = snapshot
         .clusters()
         .iter()
-        .filter(|c| !c.has_available(None))
+        .filter(|c| !c.has_available(0, crate::clock::now_ms()))
         .map(|c| c.name())
         .collect();
     if down.is_empty() {
@@ -66,19 +66,23 @@ pub fn upstreams(snapshot: &Snapshot) -> Value {
             let backends: Vec<Value> = c
                 .members()
                 .iter()
-                .map(|m| {
+                .enumerate()
+                .map(|(i, m)| {
                     json!({
                         "addr": m.addr.to_string(),
                         "weight": m.weight,
                         "healthy": m.state.is_healthy(),
                         "inflight": m.state.inflight(),
                         "drained": m.state.is_drained(),
+                        "circuit": c.circuit(i).as_str(),
                     })
                 })
                 .collect();
             json!({
                 "name": c.name(),
                 "health_checked": c.spec().health_check.is_some(),
+                "inflight": c.state.inflight(),
+                "adaptive_factor": c.state.factor(),
                 "backends": backends,
             })
         })

@@ -11,6 +11,7 @@ pub mod keys_file;
 pub mod rate_limit;
 mod reader;
 pub mod render;
+pub mod resilience;
 pub mod route;
 pub mod secret;
 pub mod server;
@@ -25,6 +26,7 @@ pub use keys_file::ApiKeyRecord;
 pub use rate_limit::{
     LimitKey, OnStoreError, RateLimitSettings, RouteLimit, Store, SyncMode, TierSpec,
 };
+pub use resilience::{BreakerSpec, FailureKind, RetrySpec};
 pub use route::{AuthRef, HostMatch, PathMatch, RouteSpec};
 pub use secret::Secret;
 pub use server::ServerSettings;

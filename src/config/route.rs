@@ -66,6 +66,10 @@ pub struct RouteSpec {
     pub hide_credentials: bool,
     /// Rate limit, if any.
     pub rate_limit: Option<super::rate_limit::RouteLimit>,
+    /// Deadline to response headers across attempts (504 when exceeded).
+    pub timeout: Option<std::time::Duration>,
+    /// Scale this route's rate limits by the upstream's health.
+    pub adaptive_limit: bool,
 }
 
 /// A reference to an authentication provider.
@@ -98,6 +102,8 @@ const KEYS: &[&str] = &[
     "require_scopes",
     "hide_credentials",
     "rate_limit",
+    "timeout",
+    "adaptive_limit",
 ];
 
 /// Reads one route; `upstreams` lists the declared upstream names (for the existence check).
@@ -268,6 +274,18 @@ pub fn read(
         .get("hide_credentials")
         .and_then(|n| r.boolean(&n))
         .unwrap_or(false);
+    let timeout = t.get("timeout").and_then(|n| r.duration(&n));
+    let adaptive_limit = t
+        .get("adaptive_limit")
+        .and_then(|n| r.boolean(&n))
+        .unwrap_or(false);
+    if adaptive_limit && t.get("rate_limit").is_none() {
+        r.error_at(
+            t.span(),
+            t.path(),
+            "adaptive_limit needs rate_limit on the route",
+        );
+    }
     let rate_limit = t
         .get("rate_limit")
         .and_then(|n| super::rate_limit::read_route_limit(r, &n, tiers, t.get("auth").is_some()));
@@ -289,6 +307,8 @@ pub fn read(
         require_scopes,
         hide_credentials,
         rate_limit,
+        timeout,
+        adaptive_limit,
     })
 }
 

@@ -24,6 +24,12 @@ pub struct UpstreamSpec {
     pub timeouts: Timeouts,
     /// Active health checking; `None` means every backend counts as healthy.
     pub health_check: Option<HealthCheckSpec>,
+    /// Concurrency cap (0: none); beyond it requests get 503 + Retry-After.
+    pub max_inflight: u32,
+    /// Per-backend circuit breaker, if configured.
+    pub circuit_breaker: Option<super::resilience::BreakerSpec>,
+    /// Retry policy, if configured.
+    pub retry: Option<super::resilience::RetrySpec>,
 }
 
 /// Backend selection policy.
@@ -121,6 +127,9 @@ const KEYS: &[&str] = &[
     "write_timeout",
     "idle_timeout",
     "health_check",
+    "max_inflight",
+    "circuit_breaker",
+    "retry",
 ];
 const BACKEND_KEYS: &[&str] = &["addr", "weight"];
 const HEALTH_KEYS: &[&str] = &[
@@ -228,6 +237,16 @@ pub fn read(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<Upstr
     }
 
     let health_check = t.get("health_check").and_then(|n| read_health(r, &n));
+    let max_inflight = t
+        .get("max_inflight")
+        .and_then(|n| r.integer(&n, 0, 10_000_000))
+        .map_or(0, |v| v as u32);
+    let circuit_breaker = t
+        .get("circuit_breaker")
+        .and_then(|n| super::resilience::read_breaker(r, &n));
+    let retry = t
+        .get("retry")
+        .and_then(|n| super::resilience::read_retry(r, &n));
 
     if !ok || r.error_count() > errors_before {
         return None;
@@ -238,6 +257,9 @@ pub fn read(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<Upstr
         backends,
         timeouts,
         health_check,
+        max_inflight,
+        circuit_breaker,
+        retry,
     })
 }
 

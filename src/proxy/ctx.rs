@@ -13,8 +13,14 @@ use crate::upstream::backend::InflightGuard;
 /// Why the gateway itself failed a request, when it did (maps to a status in `respond`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Every backend of the route's upstream is unhealthy (503).
+    /// Every backend of the route's upstream is unhealthy or drained (503).
     NoHealthyBackend,
+    /// Every available backend's circuit is open (503, Retry-After in seconds).
+    CircuitOpen(u64),
+    /// The upstream is at `max_inflight` (503, Retry-After 1).
+    Overloaded,
+    /// The route deadline passed before an attempt could start (504).
+    DeadlineExceeded,
 }
 
 /// State of one request, from `request_filter` to `logging`.
@@ -31,8 +37,16 @@ pub struct RequestCtx {
     pub peer_trusted: bool,
     /// Index of the backend of the current attempt.
     pub backend: Option<usize>,
-    /// Backend whose connection failed; the retry avoids it.
-    pub failed_backend: Option<usize>,
+    /// Backends tried so far (bit mask, see `upstream::bit`).
+    pub tried: u64,
+    /// Upstream attempts started.
+    pub attempts: u32,
+    /// The current attempt's circuit breaker permit, until its outcome is recorded.
+    pub permit: Option<crate::upstream::breaker::Permit>,
+    /// When the route's deadline (to response headers) passes.
+    pub deadline: Option<Instant>,
+    /// The request's share of the upstream's `max_inflight`.
+    pub slot: Option<crate::upstream::UpstreamSlot>,
     /// Keeps the current backend's in-flight count; released whenever the context is dropped.
     pub inflight: Option<InflightGuard>,
     /// Set when the gateway refuses the request itself.
@@ -63,7 +77,11 @@ impl RequestCtx {
             client_ip: None,
             peer_trusted: false,
             backend: None,
-            failed_backend: None,
+            tried: 0,
+            attempts: 0,
+            permit: None,
+            deadline: None,
+            slot: None,
             inflight: None,
             refusal: None,
             started: Instant::now(),

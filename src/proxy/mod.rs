@@ -7,12 +7,12 @@
 //! retries a refused connection once on another backend; `fail_to_proxy` maps failures to
 //! 502/504 JSON answers; `response_filter` echoes the request id.
 
+mod attempt;
 pub mod ctx;
 pub mod respond;
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use http::{HeaderValue, Uri};
@@ -22,12 +22,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::access_log::{self, AccessLog};
-use crate::config::HashKey;
 use crate::metrics::{ConnectionGuard, Metrics};
 use crate::routing::{RequestView, RouteMatch};
 use crate::snapshot::SnapshotStore;
-use crate::upstream::backend::InflightGuard;
-use ctx::{Refusal, RequestCtx};
+use ctx::RequestCtx;
 use respond::REQUEST_ID;
 
 /// The gateway: one instance serves every listener, reading the current snapshot per request.
@@ -59,12 +57,18 @@ impl Gateway {
     ) -> Result<bool> {
         let snapshot = Arc::clone(&ctx.snapshot);
         let limiter = snapshot.ratelimit();
+        let factor = if snapshot.config().routes[route].adaptive_limit {
+            snapshot.cluster_of(route).state.factor()
+        } else {
+            1.0
+        };
         let Some(decision) = limiter
             .check(
                 route,
                 ctx.identity.as_ref(),
                 ctx.client_ip,
                 &session.req_header().headers,
+                factor,
             )
             .await
         else {
@@ -207,24 +211,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route else {
-            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
-        };
-        let cluster = ctx.snapshot.cluster_of(route);
-        let mut ip_buf = [0u8; 16];
-        let key = cluster
-            .hash_key()
-            .and_then(|k| hash_key(k, session.req_header(), ctx.client_ip, &mut ip_buf));
-        let Some(i) = cluster.select(key, ctx.failed_backend) else {
-            ctx.refusal = Some(Refusal::NoHealthyBackend);
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend");
-        };
-        let member = &cluster.members()[i];
-        // Replacing the guard releases the previous attempt's count.
-        ctx.inflight = Some(InflightGuard::new(&member.state));
-        ctx.backend = Some(i);
-        ctx.upstream_started.get_or_insert_with(Instant::now);
-        Ok(Box::new(member.peer.clone()))
+        attempt::choose_peer(session, ctx).await
     }
 
     fn fail_to_connect(
@@ -232,20 +219,21 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the upstream: try one other healthy backend, once.
-        if ctx.failed_backend.is_none() {
-            if let Some(route) = ctx.route {
-                if ctx.snapshot.cluster_of(route).has_available(ctx.backend) {
-                    ctx.failed_backend = ctx.backend;
-                    e.set_retry(true);
-                    return e;
-                }
-            }
-        }
-        e.set_retry(false);
-        e
+        attempt::on_connect_failure(ctx, &self.metrics, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        attempt::on_proxy_error(session, ctx, &self.metrics, e, client_reused)
     }
 
     async fn upstream_request_filter(
@@ -296,6 +284,9 @@ impl ProxyHttp for Gateway {
         if ctx.upstream_elapsed.is_none() {
             ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         }
+        let failure =
+            (_resp.status.as_u16() >= 500).then_some(crate::config::FailureKind::Status5xx);
+        attempt::record(ctx, failure);
         Ok(())
     }
 
@@ -335,7 +326,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        attempt::finish(ctx);
         ctx.inflight = None;
+        ctx.slot = None;
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -407,42 +400,6 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
-
-/// The consistent-hash key of a request, if it carries one.
-fn hash_key<'a>(
-    key: &HashKey,
-    req: &'a RequestHeader,
-    client_ip: Option<std::net::IpAddr>,
-    ip_buf: &'a mut [u8; 16],
-) -> Option<&'a [u8]> {
-    match key {
-        HashKey::Header(name) => req.headers.get(name).map(HeaderValue::as_bytes),
-        HashKey::Cookie(name) => cookie(req, name),
-        HashKey::Path => Some(req.uri.path().as_bytes()),
-        HashKey::ClientIp => match client_ip? {
-            std::net::IpAddr::V4(v4) => {
-                ip_buf[..4].copy_from_slice(&v4.octets());
-                Some(&ip_buf[..4])
-            }
-            std::net::IpAddr::V6(v6) => {
-                *ip_buf = v6.octets();
-                Some(&ip_buf[..])
-            }
-        },
-    }
-}
-
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name && !v.is_empty()).then_some(v.as_bytes())
-        })
 }
 
 /// The URI with `prefix` removed from the front of its path, query kept. `None` when the path

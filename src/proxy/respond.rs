@@ -13,8 +13,12 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// The status for a failure, or 0 when the client is gone and nothing can be written.
 pub fn status_for(e: &Error, ctx: &RequestCtx) -> u16 {
-    if let Some(Refusal::NoHealthyBackend) = ctx.refusal {
-        return 503;
+    match ctx.refusal {
+        Some(Refusal::NoHealthyBackend | Refusal::CircuitOpen(_) | Refusal::Overloaded) => {
+            return 503
+        }
+        Some(Refusal::DeadlineExceeded) => return 504,
+        None => {}
     }
     use ErrorType::*;
     match e.etype() {
@@ -106,8 +110,23 @@ pub async fn fail(session: &mut Session, ctx: &RequestCtx, status: u16) {
     if status == 0 {
         return;
     }
-    let payload = body(message_for(status), ctx.request_id.as_str());
-    let Ok(mut resp) = error_header(status, payload.len(), ctx.request_id.as_str(), &[]) else {
+    let (message, retry_after) = match ctx.refusal {
+        Some(Refusal::CircuitOpen(secs)) => (
+            "service unavailable: every backend's circuit is open",
+            Some(secs),
+        ),
+        Some(Refusal::Overloaded) => (
+            "service unavailable: upstream at its concurrency limit",
+            Some(1),
+        ),
+        Some(Refusal::DeadlineExceeded) => ("gateway timeout: the route deadline passed", None),
+        _ => (message_for(status), None),
+    };
+    let payload = body(message, ctx.request_id.as_str());
+    let retry = retry_after.map(|s| s.to_string());
+    let extra: Vec<(&'static str, &str)> =
+        retry.iter().map(|r| ("retry-after", r.as_str())).collect();
+    let Ok(mut resp) = error_header(status, payload.len(), ctx.request_id.as_str(), &extra) else {
         return;
     };
     if let Some(d) = &ctx.ratelimit {

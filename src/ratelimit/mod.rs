@@ -221,14 +221,16 @@ impl RateLimiter {
         self.remote.as_ref().map(|r| &r.store)
     }
 
-    /// Checks (and, when allowed, counts) one request to `route`. `None` when the route has no
-    /// limit.
+    /// Checks (and, when allowed, counts) one request to `route`, with the tier's rate and
+    /// burst scaled by `factor` (the adaptive limit factor, 1.0 when not adaptive). `None`
+    /// when the route has no limit.
     pub async fn check(
         &self,
         route: usize,
         identity: Option<&Identity>,
         client_ip: Option<IpAddr>,
         headers: &HeaderMap,
+        factor: f64,
     ) -> Option<Decision> {
         let policy = self.routes[route].as_ref()?;
         let tier = identity
@@ -244,7 +246,18 @@ impl RateLimiter {
             _ => ClientKey::Ip(client_ip),
         };
         let key = self.key_hash(policy, client_key);
-        let limits = &self.tiers[tier].limits;
+        let scaled;
+        let limits = if factor < 1.0 {
+            let base = &self.tiers[tier].limits;
+            scaled = Limits {
+                rps: base.rps * factor,
+                burst: (base.burst * factor).max(1.0).floor(),
+                ..*base
+            };
+            &scaled
+        } else {
+            &self.tiers[tier].limits
+        };
         let decision = match &self.remote {
             None => self.check_local(key, tier, limits),
             Some(remote) => {

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::breaker::Breaker;
+
 /// Live state of one backend, shared by every snapshot that contains it.
 #[derive(Debug)]
 pub struct BackendState {
@@ -15,6 +17,8 @@ pub struct BackendState {
     inflight: AtomicUsize,
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
+    /// The backend's circuit breaker (used when the upstream configures one).
+    pub breaker: Breaker,
 }
 
 impl BackendState {
@@ -27,6 +31,7 @@ impl BackendState {
             inflight: AtomicUsize::new(0),
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
+            breaker: Breaker::default(),
         })
     }
 

@@ -130,6 +130,7 @@ impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round: u64 = 0;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -137,6 +138,14 @@ impl BackgroundService for HealthService {
             }
             let snapshot = self.store.load();
             let now = Instant::now();
+            round += 1;
+            if round % 10 == 0 {
+                // Every 500 ms: the adaptive limit factors follow upstream health.
+                let second = crate::clock::unix_secs();
+                for cluster in snapshot.clusters() {
+                    cluster.update_factor(second);
+                }
+            }
             for cluster in snapshot.clusters() {
                 if cluster.health.as_ref().is_some_and(|c| c.claim_round(now)) {
                     tokio::spawn(run_round(Arc::clone(cluster)));
