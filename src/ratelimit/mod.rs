@@ -477,7 +477,7 @@ impl pingora::services::background::BackgroundService for RateLimitService {
             }
             let snapshot = self.store.load();
             // Sweeping walks every local key: every 5 s is plenty.
-            snapshot.ratelimit().upkeep(round % 20 == 0).await;
+            snapshot.ratelimit().upkeep(round.is_multiple_of(20)).await;
         }
     }
 }

@@ -139,7 +139,7 @@ impl BackgroundService for HealthService {
             let snapshot = self.store.load();
             let now = Instant::now();
             round += 1;
-            if round % 10 == 0 {
+            if round.is_multiple_of(10) {
                 // Every 500 ms: the adaptive limit factors follow upstream health.
                 let second = crate::clock::unix_secs();
                 for cluster in snapshot.clusters() {
