@@ -8,8 +8,9 @@
 //! |---|---|---|
 //! | `early_request_filter` | counts the downstream connection | [`metrics`] |
 //! | `request_filter` | request id, client IP, route match (404/405), authentication (401/403), rate limit (429) | [`request_id`], [`forwarding`], [`routing`], [`auth`], [`ratelimit`] |
-//! | `upstream_peer` | backend choice among healthy ones, 503 when none | [`upstream`] |
-//! | `fail_to_connect` | one retry on another backend for refused connections | [`proxy`] |
+//! | `upstream_peer` | deadline, concurrency cap, backend choice among healthy backends with closed breakers (503/504) | [`upstream`], [`proxy`] |
+//! | `fail_to_connect`, `error_while_proxy` | outcome recording and retry decisions | [`proxy`], [`upstream`] |
+//! | `upstream_response_filter` | outcome (5xx or success) for the breaker | [`upstream`] |
 //! | `upstream_request_filter` | `strip_prefix`, identity headers, `X-Forwarded-*`, `X-Request-Id` | [`forwarding`], [`auth`] |
 //! | `response_filter` | `X-Request-Id` echoed, rate-limit headers | [`proxy`], [`ratelimit`] |
 //! | `fail_to_proxy` | 502/503/504 JSON answers | [`proxy::respond`] |

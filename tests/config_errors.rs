@@ -276,3 +276,27 @@ fn rate_limit_problems_are_reported() {
         "routes[0].rate_limit.key: key = \"consumer\" needs auth",
     );
 }
+
+#[test]
+fn resilience_problems_are_reported() {
+    rejects(
+        "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[upstreams.u.retry]\nmethods = [\"GET\", \"POST\"]\n",
+        "4:19",
+        "upstreams.u.retry.methods[1]: POST is not idempotent",
+    );
+    rejects(
+        "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[upstreams.u.circuit_breaker]\nfailure_ratio = 1.5\n",
+        "4:17",
+        "upstreams.u.circuit_breaker.failure_ratio: failure_ratio must be in (0, 1]",
+    );
+    rejects(
+        "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[upstreams.u.retry]\non = [\"5xx\"]\n",
+        "4:7",
+        "upstreams.u.retry.on[0]: \"5xx\" is not allowed here",
+    );
+    rejects(
+        &format!("{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"users\"\nadaptive_limit = true\n"),
+        "3:1",
+        "routes[0]: adaptive_limit needs rate_limit on the route",
+    );
+}

@@ -1,11 +1,13 @@
 //! The `ProxyHttp` implementation. It only dispatches: routing, balancing, forwarding headers
 //! and error responses each live in their own module.
 //!
-//! Phase map: `request_filter` assigns the request id, resolves the client and matches the
-//! route (404/405 answered here); `upstream_peer` picks a backend (503 when none is healthy);
-//! `upstream_request_filter` rewrites the path and sets forwarding headers; `fail_to_connect`
-//! retries a refused connection once on another backend; `fail_to_proxy` maps failures to
-//! 502/504 JSON answers; `response_filter` echoes the request id.
+//! Phase map: `request_filter` assigns the request id, resolves the client, matches the route
+//! (404/405), authenticates (401/403) and rate limits (429); `upstream_peer`,
+//! `fail_to_connect`, `error_while_proxy` and `upstream_response_filter` hand attempts to
+//! [`attempt`]; `upstream_request_filter` rewrites the path and sets forwarding and identity
+//! headers; `fail_to_proxy` maps failures to 502/503/504 JSON answers; `response_filter`
+//! echoes the request id and adds rate-limit headers; `logging` records metrics and the
+//! access log.
 
 mod attempt;
 pub mod ctx;

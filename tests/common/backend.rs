@@ -97,6 +97,13 @@ impl TestBackend {
         self.state.healthy.store(healthy, Ordering::Relaxed);
     }
 
+    /// Sets the delay before ordinary answers.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// Sets the status of ordinary answers.
     pub fn set_status(&self, status: u16) {
         self.state
@@ -166,15 +173,25 @@ async fn handle(
 
 /// Starts a TCP listener that accepts connections and resets them at once (no HTTP answer).
 pub fn resetting_backend() -> SocketAddr {
+    counting_resetting_backend().0
+}
+
+/// Like [`resetting_backend`], also counting the connections it reset.
+pub fn counting_resetting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            // Let the request arrive first, so that bytes have reached the upstream.
+            std::thread::sleep(Duration::from_millis(5));
             // SO_LINGER 0 turns the close into a RST.
             let sock = socket2::SockRef::from(&stream);
             let _ = sock.set_linger(Some(Duration::from_secs(0)));
             drop(stream);
         }
     });
-    addr
+    (addr, count)
 }
