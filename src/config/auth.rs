@@ -127,38 +127,18 @@ pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> (AuthSettings, V
         return (out, declared);
     };
     if let Some(n) = t.get("jwt") {
-        if let Some(map) = r.map(&n) {
-            for (name, key_span, value) in map.entries() {
-                if !super::upstream::valid_name(name) {
-                    r.error_at(
-                        key_span,
-                        value.path(),
-                        "provider name must be 1-64 characters of A-Z a-z 0-9 _ - .",
-                    );
-                    continue;
-                }
-                declared.push(format!("jwt:{name}"));
-                if let Some(spec) = read_jwt(r, name, &value) {
-                    out.jwt.push(spec);
-                }
+        for (name, value) in r.named(&n, "provider") {
+            declared.push(format!("jwt:{name}"));
+            if let Some(spec) = read_jwt(r, name, &value) {
+                out.jwt.push(spec);
             }
         }
     }
     if let Some(n) = t.get("api_keys") {
-        if let Some(map) = r.map(&n) {
-            for (name, key_span, value) in map.entries() {
-                if !super::upstream::valid_name(name) {
-                    r.error_at(
-                        key_span,
-                        value.path(),
-                        "provider name must be 1-64 characters of A-Z a-z 0-9 _ - .",
-                    );
-                    continue;
-                }
-                declared.push(format!("api_key:{name}"));
-                if let Some(spec) = read_api_keys(r, name, &value) {
-                    out.api_keys.push(spec);
-                }
+        for (name, value) in r.named(&n, "provider") {
+            declared.push(format!("api_key:{name}"));
+            if let Some(spec) = read_api_keys(r, name, &value) {
+                out.api_keys.push(spec);
             }
         }
     }

@@ -136,20 +136,10 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let mut upstreams = Vec::new();
     let mut declared = Vec::new();
     if let Some(n) = top.get("upstreams") {
-        if let Some(t) = r.map(&n) {
-            for (name, key_span, value) in t.entries() {
-                if !upstream::valid_name(name) {
-                    r.error_at(
-                        key_span,
-                        value.path(),
-                        "upstream name must be 1-64 characters of A-Z a-z 0-9 _ - .",
-                    );
-                    continue;
-                }
-                declared.push(name);
-                if let Some(u) = upstream::read(&mut r, name, &value) {
-                    upstreams.push(u);
-                }
+        for (name, value) in r.named(&n, "upstream") {
+            declared.push(name);
+            if let Some(u) = upstream::read(&mut r, name, &value) {
+                upstreams.push(u);
             }
         }
     }

@@ -256,19 +256,9 @@ pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> RateLimitSetting
         s.batch_size = r.integer(&n, 1, 1_000_000).map(|v| v as u32);
     }
     if let Some(n) = t.get("tiers") {
-        if let Some(map) = r.map(&n) {
-            for (name, key_span, value) in map.entries() {
-                if !super::upstream::valid_name(name) {
-                    r.error_at(
-                        key_span,
-                        value.path(),
-                        "tier name must be 1-64 characters of A-Z a-z 0-9 _ - .",
-                    );
-                    continue;
-                }
-                if let Some(tier) = read_tier(r, name, &value) {
-                    s.tiers.push(tier);
-                }
+        for (name, value) in r.named(&n, "tier") {
+            if let Some(tier) = read_tier(r, name, &value) {
+                s.tiers.push(tier);
             }
         }
     }

@@ -164,6 +164,31 @@ impl<'s> Reader<'s> {
         })
     }
 
+    /// The entries of a table keyed by user-chosen names (upstreams, providers, tiers). Names
+    /// that are not valid identifiers (see [`valid_name`]) are reported as `what` and skipped.
+    pub fn named<'a, 'i>(
+        &mut self,
+        node: &Node<'a, 'i>,
+        what: &str,
+    ) -> Vec<(&'a str, Node<'a, 'i>)> {
+        let Some(t) = self.map(node) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, span, value) in t.entries() {
+            if valid_name(name) {
+                out.push((name, value));
+            } else {
+                self.error_at(
+                    span,
+                    value.path(),
+                    format!("{what} name must be 1-64 characters of A-Z a-z 0-9 _ - ."),
+                );
+            }
+        }
+        out
+    }
+
     /// Reports that `node` has the wrong type.
     pub fn type_error(&mut self, node: &Node<'_, '_>, expected: &str) {
         let found = node.value().type_str();
@@ -331,6 +356,16 @@ impl<'a, 'i> Table<'a, 'i> {
     pub fn span(&self) -> Range<usize> {
         self.span.clone()
     }
+}
+
+/// Whether `name` is usable as an upstream, route, provider or tier name (names become metric
+/// labels and log fields).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 fn join(base: &str, key: &str) -> String {

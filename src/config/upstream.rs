@@ -142,14 +142,7 @@ const HEALTH_KEYS: &[&str] = &[
     "unhealthy_threshold",
 ];
 
-/// Whether `name` is usable as an upstream or route name (it becomes a metric label).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-}
+pub use super::reader::valid_name;
 
 /// Reads one upstream table named `name`.
 pub fn read(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<UpstreamSpec> {
