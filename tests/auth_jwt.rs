@@ -411,14 +411,7 @@ async fn jwks_outage_keeps_the_last_good_keys() {
     )
     .await;
     assert_eq!(call(&s, "/idp", Some(&token)).await.0, 200);
-    let metrics = client()
-        .get(s.gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&s.gw).await;
     assert!(
         metrics.contains("gatehouse_jwks_keys{provider=\"idp\"} 1"),
         "{metrics}"
@@ -452,14 +445,7 @@ async fn jwks_down_at_start_refuses_tokens_until_it_comes_up() {
             .status(),
         200
     );
-    let metrics = client()
-        .get(s.gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&s.gw).await;
     assert!(
         metrics.contains("gatehouse_jwks_keys{provider=\"idp\"} 0"),
         "{metrics}"
@@ -592,14 +578,7 @@ async fn outcomes_are_counted_and_logged_without_credentials() {
     c["exp"] = json!(now() - 600);
     let expired = sign("rsa1", Algorithm::RS256, None, &c);
     call(&s, "/rsa", Some(&expired)).await;
-    let metrics = client()
-        .get(s.gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&s.gw).await;
     for line in [
         "gatehouse_auth_total{method=\"jwt:rsa\",result=\"success\",route=\"rsa\"} 1",
         "gatehouse_auth_total{method=\"none\",result=\"missing\",route=\"rsa\"} 1",

@@ -284,14 +284,7 @@ async fn reload_changes_tiers_without_restart() {
 async fn decisions_are_counted_and_logged() {
     let s = setup("");
     admitted(&s.gw, "/keyed", Some(&s.free_key), 6).await;
-    let m = client()
-        .get(s.gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = common::metrics_text(&s.gw).await;
     assert!(m.contains("gatehouse_ratelimit_decisions_total{decision=\"allowed\",route=\"keyed\",tier=\"free\"} 4"), "{m}");
     assert!(m.contains("gatehouse_ratelimit_decisions_total{decision=\"rejected\",route=\"keyed\",tier=\"free\"} 2"));
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -280,18 +280,8 @@ async fn recovers(gw: &Gatehouse, redis: &RedisServer) {
     let incidents = gw.stderr().matches("rate limit store unavailable").count();
     assert_eq!(incidents, 1, "logged once per incident:\n{}", gw.stderr());
     assert!(gw.stderr().contains("rate limit store recovered"));
-    let m = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
+    let errors = common::metric(gw, "gatehouse_ratelimit_store_errors_total ")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let errors: f64 = m
-        .lines()
-        .find(|l| l.starts_with("gatehouse_ratelimit_store_errors_total "))
-        .and_then(|l| l.split(' ').nth(1)?.parse().ok())
         .unwrap();
     assert!(errors >= 12.0, "{errors}");
 }

@@ -129,14 +129,7 @@ async fn admin_reload_under_load_switches_routing_without_errors() {
         json(client().get(gw.url("/x")).send().await.unwrap()).await["backend"],
         "green"
     );
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&gw).await;
     assert!(
         metrics.contains("gatehouse_config_reloads_total{result=\"success\"} 1"),
         "{metrics}"
@@ -185,14 +178,7 @@ async fn invalid_reload_changes_nothing_and_reports_every_error() {
             "blue"
         );
     }
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&gw).await;
     assert!(
         metrics.contains("gatehouse_config_reloads_total{result=\"failure\"} 2"),
         "{metrics}"

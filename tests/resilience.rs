@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::backend::counting_resetting_backend;
-use common::{client, json, Gatehouse, TestBackend, ADMIN_TOKEN};
+use common::{client, json, metric, Gatehouse, TestBackend, ADMIN_TOKEN};
 
 const BREAKER: &str = r#"
 [upstreams.svc.circuit_breaker]
@@ -28,20 +28,6 @@ fn two(a: &str, b: &str, extra: &str) -> String {
 
 async fn get(gw: &Gatehouse) -> reqwest::Response {
     client().get(gw.url("/x")).send().await.unwrap()
-}
-
-async fn metric(gw: &Gatehouse, prefix: &str) -> Option<f64> {
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,3 +25,24 @@ pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     let text = resp.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// The gateway's Prometheus exposition (from its admin listener).
+pub async fn metrics_text(gw: &Gatehouse) -> String {
+    client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// The value of the first sample line starting with `prefix` (e.g. `name{labels}`).
+pub async fn metric(gw: &Gatehouse, prefix: &str) -> Option<f64> {
+    metrics_text(gw)
+        .await
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
