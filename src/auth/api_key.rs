@@ -16,20 +16,32 @@ use crate::config::{ApiKeyRecord, ApiKeySpec};
 pub struct ApiKeyStore {
     label: String,
     header: HeaderName,
-    by_hash: HashMap<[u8; 32], Arc<ApiKeyRecord>>,
+    by_hash: HashMap<[u8; 32], (ApiKeyRecord, Arc<Identity>)>,
 }
 
 impl ApiKeyStore {
     /// Indexes the provider's records.
     pub fn new(spec: &ApiKeySpec) -> Self {
+        let label = format!("api_key:{}", spec.name);
+        let by_hash = spec
+            .keys
+            .iter()
+            .map(|k| {
+                let identity = Identity::build(
+                    k.consumer.clone(),
+                    k.tier.clone(),
+                    label.clone(),
+                    Vec::new(),
+                    k.scopes.clone(),
+                    Some(k.id.clone()),
+                );
+                (k.hash, (k.clone(), identity))
+            })
+            .collect();
         ApiKeyStore {
-            label: format!("api_key:{}", spec.name),
+            label,
             header: spec.header.clone(),
-            by_hash: spec
-                .keys
-                .iter()
-                .map(|k| (k.hash, Arc::new(k.clone())))
-                .collect(),
+            by_hash,
         }
     }
 
@@ -44,11 +56,11 @@ impl ApiKeyStore {
     }
 
     /// Verifies a presented key at time `now`.
-    pub fn verify(&self, presented: &[u8], now: SystemTime) -> Result<Identity, Denial> {
+    pub fn verify(&self, presented: &[u8], now: SystemTime) -> Result<Arc<Identity>, Denial> {
         if presented.len() > MAX_CREDENTIAL_LEN {
             return Err(Denial::new(Reason::Malformed, "credential too large"));
         }
-        let Some(rec) = self.by_hash.get(&hash_key(presented)) else {
+        let Some((rec, identity)) = self.by_hash.get(&hash_key(presented)) else {
             return Err(Denial::new(Reason::UnknownKey, "unknown API key"));
         };
         if rec.disabled {
@@ -57,13 +69,6 @@ impl ApiKeyStore {
         if rec.expires_at.is_some_and(|t| now >= t) {
             return Err(Denial::new(Reason::ExpiredKey, "API key expired"));
         }
-        Ok(Identity {
-            consumer: rec.consumer.clone(),
-            tier: rec.tier.clone(),
-            method: self.label.clone(),
-            roles: Vec::new(),
-            scopes: rec.scopes.clone(),
-            key_id: Some(rec.id.clone()),
-        })
+        Ok(Arc::clone(identity))
     }
 }

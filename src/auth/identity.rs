@@ -1,6 +1,11 @@
 //! Who a request is, once authenticated, and the bounded set of reasons it may be refused.
 
-/// An authenticated caller.
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+/// An authenticated caller. Built once per API key record or verified token (and shared via
+/// `Arc`), with the identity headers for the upstream already encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The consumer (API key owner or JWT consumer claim).
@@ -15,6 +20,48 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// The API key id, when authenticated by an API key (safe to log).
     pub key_id: Option<String>,
+    /// `X-Consumer-Id`, `X-Consumer-Tier`, `X-Auth-Method`, `X-Auth-Roles`, `X-Auth-Scopes`,
+    /// ready to send (values that cannot be header values are left out).
+    pub headers: Vec<(&'static str, HeaderValue)>,
+}
+
+impl Identity {
+    /// Builds an identity and encodes its upstream headers.
+    pub fn build(
+        consumer: String,
+        tier: Option<String>,
+        method: String,
+        roles: Vec<String>,
+        scopes: Vec<String>,
+        key_id: Option<String>,
+    ) -> Arc<Self> {
+        let mut headers = Vec::with_capacity(5);
+        let mut add = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.push((name, v));
+            }
+        };
+        add("x-consumer-id", &consumer);
+        if let Some(t) = &tier {
+            add("x-consumer-tier", t);
+        }
+        add("x-auth-method", &method);
+        if !roles.is_empty() {
+            add("x-auth-roles", &roles.join(","));
+        }
+        if !scopes.is_empty() {
+            add("x-auth-scopes", &scopes.join(" "));
+        }
+        Arc::new(Identity {
+            consumer,
+            tier,
+            method,
+            roles,
+            scopes,
+            key_id,
+            headers,
+        })
+    }
 }
 
 /// Why authentication or authorisation failed. The set is closed: it is used as a metric label.

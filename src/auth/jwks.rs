@@ -126,6 +126,11 @@ impl JwksSet {
         (self.refresh, self.min_refetch)
     }
 
+    /// Changes whenever a fetch replaces the keys.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The key for `kid`, if currently known.
     pub fn get(&self, kid: &str) -> Option<Arc<JwkKey>> {
         self.keys.load().get(kid).cloned()

@@ -33,6 +33,7 @@ enum Keys {
 
 /// One JWT provider, ready to verify.
 pub struct JwtVerifier {
+    cache: super::token_cache::TokenCache,
     label: String,
     validations: Vec<(Algorithm, Validation)>,
     keys: Keys,
@@ -98,6 +99,7 @@ impl JwtVerifier {
             (JwtKeys::JwksUrl { .. }, None) => Keys::Fixed(KeyMap::new()),
         };
         JwtVerifier {
+            cache: Default::default(),
             label: format!("jwt:{}", spec.name),
             validations,
             keys,
@@ -121,7 +123,7 @@ impl JwtVerifier {
 
     /// Verifies `token` and extracts the identity. A `kid` unknown to a JWKS provider triggers
     /// one refetch (see [`JwksSet::get_or_refetch`]) before the token is refused.
-    pub async fn verify(&self, token: &str) -> Result<Identity, Denial> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Denial> {
         match self.verify_known(token) {
             Err(d) if d.reason == Reason::UnknownKey => {
                 let Keys::Jwks(set) = &self.keys else {
@@ -139,11 +141,34 @@ impl JwtVerifier {
         }
     }
 
-    /// Verifies `token` with the keys already held (no network).
-    pub fn verify_known(&self, token: &str) -> Result<Identity, Denial> {
+    fn keys_generation(&self) -> u64 {
+        match &self.keys {
+            Keys::Jwks(set) => set.generation(),
+            _ => 0,
+        }
+    }
+
+    /// Verifies `token` with the keys already held (no network), using the cache of tokens
+    /// verified before.
+    pub fn verify_known(&self, token: &str) -> Result<Arc<Identity>, Denial> {
         if token.len() > MAX_CREDENTIAL_LEN {
             return Err(Denial::new(Reason::Malformed, "credential too large"));
         }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let generation = self.keys_generation();
+        if let Some(identity) = self.cache.get(token, now, generation) {
+            return Ok(identity);
+        }
+        let (identity, exp) = self.verify_uncached(token)?;
+        self.cache
+            .put(token, &identity, now, exp + self.leeway, generation);
+        Ok(identity)
+    }
+
+    /// Verifies `token` without the cache; returns the identity and the token's `exp`.
+    pub fn verify_uncached(&self, token: &str) -> Result<(Arc<Identity>, u64), Denial> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_failure(token))?;
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(Denial::new(
@@ -160,7 +185,9 @@ impl JwtVerifier {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(map_error)?;
-        self.identity(data.claims)
+        // exp is required and validated, so it is a number here.
+        let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        Ok((self.identity(data.claims)?, exp))
     }
 
     fn known_key(&self, kid: Option<&str>) -> Result<Arc<JwkKey>, Denial> {
@@ -180,7 +207,7 @@ impl JwtVerifier {
         }
     }
 
-    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, Denial> {
+    fn identity(&self, claims: Map<String, Value>) -> Result<Arc<Identity>, Denial> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -230,14 +257,14 @@ impl JwtVerifier {
             .map(strings)
             .unwrap_or_default();
         let scopes = claims.get("scope").map(strings).unwrap_or_default();
-        Ok(Identity {
+        Ok(Identity::build(
             consumer,
             tier,
-            method: self.label.clone(),
+            self.label.clone(),
             roles,
             scopes,
-            key_id: None,
-        })
+            None,
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod api_key;
 pub mod identity;
 pub mod jwks;
 pub mod jwt;
+pub mod token_cache;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -141,7 +142,7 @@ impl Authenticator {
         route: usize,
         spec: &RouteSpec,
         headers: &HeaderMap,
-    ) -> Result<Identity, Denial> {
+    ) -> Result<Arc<Identity>, Denial> {
         let bearer = bearer_token(headers);
         let mut first_failure: Option<Denial> = None;
         for &i in &self.route_providers[route] {
@@ -161,7 +162,7 @@ impl Authenticator {
                     return match authorize(spec, &identity) {
                         Ok(()) => Ok(identity),
                         Err(mut d) => {
-                            d.method = Some(identity.method);
+                            d.method = Some(identity.method.clone());
                             Err(d)
                         }
                     };

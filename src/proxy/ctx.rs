@@ -62,7 +62,7 @@ pub struct RequestCtx {
     /// Keeps the downstream connection counted while it is open.
     pub connection: Option<Arc<ConnectionGuard>>,
     /// The authenticated caller, on protected routes.
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     /// The rate-limit decision, on limited routes.
     pub ratelimit: Option<crate::ratelimit::Decision>,
 }

@@ -67,7 +67,7 @@ impl Gateway {
         let Some(decision) = limiter
             .check(
                 route,
-                ctx.identity.as_ref(),
+                ctx.identity.as_deref(),
                 ctx.client_ip,
                 &session.req_header().headers,
                 factor,
@@ -392,16 +392,8 @@ impl ProxyHttp for Gateway {
 
 /// Tells the upstream who the caller is.
 fn set_identity_headers(req: &mut RequestHeader, id: &crate::auth::Identity) -> Result<()> {
-    req.insert_header("x-consumer-id", id.consumer.as_str())?;
-    if let Some(tier) = &id.tier {
-        req.insert_header("x-consumer-tier", tier.as_str())?;
-    }
-    req.insert_header("x-auth-method", id.method.as_str())?;
-    if !id.roles.is_empty() {
-        req.insert_header("x-auth-roles", id.roles.join(","))?;
-    }
-    if !id.scopes.is_empty() {
-        req.insert_header("x-auth-scopes", id.scopes.join(" "))?;
+    for (name, value) in &id.headers {
+        req.insert_header(*name, value.clone())?;
     }
     Ok(())
 }
