@@ -1,0 +1,57 @@
+//! The `logging` phase's work: metrics from pre-resolved handles, and the access log line.
+
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::request_host;
+use crate::access_log::{self, AccessLog};
+
+/// Records a finished request.
+pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .or(ctx.failure_status)
+        .unwrap_or(0);
+    let elapsed = ctx.started.elapsed();
+    let snapshot = &ctx.snapshot;
+    snapshot
+        .route_metrics(ctx.route)
+        .record(status, elapsed.as_secs_f64());
+    let upstream = ctx.route.map(|r| snapshot.upstream_of(r));
+    if let (Some(u), Some(t)) = (upstream, ctx.upstream_elapsed) {
+        snapshot.upstream_metrics(u).record(t.as_secs_f64());
+    }
+    if access_log.enabled() {
+        let req = session.req_header();
+        let path = match (access_log.include_query(), req.uri.path_and_query()) {
+            (true, Some(pq)) => pq.as_str(),
+            _ => req.uri.path(),
+        };
+        let config = snapshot.config();
+        let backend = upstream
+            .zip(ctx.backend)
+            .map(|(u, b)| snapshot.clusters()[u].members()[b].addr.to_string());
+        access_log.log(&access_log::Entry {
+            time: access_log::now(),
+            request_id: ctx.request_id.as_str(),
+            client_ip: ctx.client_ip,
+            method: req.method.as_str(),
+            host: request_host(req),
+            path,
+            route: ctx.route.map(|r| config.routes[r].name.as_str()),
+            upstream: upstream.map(|u| config.upstreams[u].name.as_str()),
+            backend,
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_elapsed.map(|t| t.as_secs_f64() * 1000.0),
+            bytes_sent: session.body_bytes_sent(),
+            consumer: ctx.identity.as_ref().map(|i| i.consumer.as_str()),
+            tier: ctx
+                .ratelimit
+                .map(|d| snapshot.ratelimit().tier_name(d.tier)),
+            rate_limited: ctx.ratelimit.map(|d| !d.allowed),
+            auth_method: ctx.identity.as_ref().map(|i| i.method.as_str()),
+        });
+    }
+}
