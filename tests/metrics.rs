@@ -77,14 +77,18 @@ upstream = "gone"
     for _ in 0..2 {
         assert_eq!(c.get(gw.url("/broken")).send().await.unwrap().status(), 502);
     }
-    let text = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Requests are recorded in Pingora's logging phase, after the response has been sent, so a
+    // scrape right after the last response may run ahead of its recording: wait for it.
+    let mut text = String::new();
+    for _ in 0..40 {
+        text = common::metrics_text(&gw).await;
+        if text.contains(
+            "gatehouse_requests_total{route=\"broken\",status=\"5xx\",upstream=\"gone\"} 2",
+        ) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let samples = parse(&text);
     let requests = |route, upstream, status| {
         value(
