@@ -98,12 +98,7 @@ async fn admin_endpoints_require_the_bearer_token() {
         .await
         .unwrap();
     assert_eq!(prefix.status(), 401);
-    let ok = c
-        .get(gw.admin_url("/admin/upstreams"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let ok = common::admin_get(&gw, "/admin/upstreams").await;
     assert_eq!(ok.status(), 200);
     let body = json(ok).await;
     let backends = &body["upstreams"][0]["backends"];
@@ -173,14 +168,7 @@ async fn draining_takes_a_backend_out_and_enable_brings_it_back() {
         assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
     }
     assert_eq!(a.hits(), before, "a drained backend gets no new requests");
-    let state = json(
-        c.get(gw.admin_url("/admin/upstreams"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let state = json(common::admin_get(&gw, "/admin/upstreams").await).await;
     assert_eq!(state["upstreams"][0]["backends"][0]["drained"], true);
 
     let enable = c
@@ -201,12 +189,7 @@ async fn draining_takes_a_backend_out_and_enable_brings_it_back() {
         "enabled backend is back in rotation"
     );
 
-    let unknown = c
-        .post(gw.admin_url("/admin/upstreams/svc/backends/127.0.0.1:1/drain"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let unknown = common::admin_post(&gw, "/admin/upstreams/svc/backends/127.0.0.1:1/drain").await;
     assert_eq!(unknown.status(), 404);
 }
 
@@ -245,12 +228,7 @@ async fn effective_config_is_served_with_secrets_redacted() {
     let gw = Gatehouse::builder()
         .admin(Some(ADMIN_TOKEN))
         .start(&body(&a, &b, false));
-    let resp = client()
-        .get(gw.admin_url("/admin/config"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let resp = common::admin_get(&gw, "/admin/config").await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(!text.contains(ADMIN_TOKEN), "token leaked: {text}");

@@ -267,12 +267,7 @@ async fn reload_changes_tiers_without_restart() {
         .start(&body(&backend, &keys, 2));
     assert_eq!(admitted(&gw, "/keyed", Some(&free_key), 4).await, 2);
     gw.rewrite_config(&body(&backend, &keys, 30));
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = common::admin_post(&gw, "/admin/reload").await;
     assert_eq!(r.status(), 200);
     // An existing bucket keeps its tokens under the new capacity; a new one starts full.
     let h = hit(&gw, "/keyed", Some(&free_key), None).await;

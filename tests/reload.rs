@@ -112,12 +112,7 @@ async fn admin_reload_under_load_switches_routing_without_errors() {
     let load = start_load(&gw);
     tokio::time::sleep(Duration::from_millis(500)).await;
     gw.rewrite_config(&routes_to("green", &blue, &green));
-    let resp = client()
-        .post(gw.admin_url("/admin/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let resp = common::admin_post(&gw, "/admin/reload").await;
     assert_eq!(resp.status(), 200);
     let body = json(resp).await;
     assert_eq!(body["result"], "applied");
@@ -146,12 +141,7 @@ async fn invalid_reload_changes_nothing_and_reports_every_error() {
         &routes_to("green", &blue, &green)
             .replace("upstream = \"green\"", "upstream = \"purple\"\nbogus = 1"),
     );
-    let resp = client()
-        .post(gw.admin_url("/admin/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let resp = common::admin_post(&gw, "/admin/reload").await;
     assert_eq!(resp.status(), 422);
     let body = json(resp).await;
     assert_eq!(body["result"], "rejected");
@@ -222,12 +212,7 @@ upstream = "svc"
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = a.hits();
     gw.rewrite_config(&body(true));
-    let resp = client()
-        .post(gw.admin_url("/admin/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let resp = common::admin_post(&gw, "/admin/reload").await;
     assert_eq!(resp.status(), 200);
     for _ in 0..10 {
         assert_eq!(
@@ -257,12 +242,7 @@ async fn settings_that_need_an_upgrade_are_reported_not_ignored() {
     let other_port = common::free_port();
     let changed = text.replace(&gw.addr.to_string(), &format!("127.0.0.1:{other_port}"));
     gw.write_raw_config(&changed.replace("threads = 2", "threads = 3"));
-    let resp = client()
-        .post(gw.admin_url("/admin/reload"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let resp = common::admin_post(&gw, "/admin/reload").await;
     assert_eq!(resp.status(), 200);
     let body = json(resp).await;
     assert_eq!(

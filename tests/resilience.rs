@@ -47,15 +47,7 @@ async fn failing_backend_opens_its_breaker_then_half_opens_with_exact_probes_and
     let backend = a.addr_str();
     let state = format!("gatehouse_circuit_state{{backend=\"{backend}\",upstream=\"svc\"}}");
     assert_eq!(metric(&gw, &state).await, Some(1.0));
-    let admin = json(
-        client()
-            .get(gw.admin_url("/admin/upstreams"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let admin = json(common::admin_get(&gw, "/admin/upstreams").await).await;
     assert_eq!(admin["upstreams"][0]["backends"][0]["circuit"], "open");
 
     // The backend recovers but answers slowly; after open_for, 10 concurrent requests arrive.

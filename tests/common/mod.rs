@@ -46,3 +46,23 @@ pub async fn metric(gw: &Gatehouse, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// `POST` to an admin endpoint with the test token.
+pub async fn admin_post(gw: &Gatehouse, path: &str) -> reqwest::Response {
+    client()
+        .post(gw.admin_url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin request")
+}
+
+/// `GET` an admin endpoint with the test token.
+pub async fn admin_get(gw: &Gatehouse, path: &str) -> reqwest::Response {
+    client()
+        .get(gw.admin_url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin request")
+}
