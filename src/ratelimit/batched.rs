@@ -40,6 +40,21 @@ struct Lease {
     last: Option<Decision>,
 }
 
+impl Lease {
+    fn new(redis_key: String, limits: &Limits) -> Self {
+        Lease {
+            redis_key,
+            limits: *limits,
+            left: 0,
+            expires_ms: 0,
+            blocked_until_ms: 0,
+            day: 0,
+            month: 0,
+            last: None,
+        }
+    }
+}
+
 /// This instance's reservations, by key.
 pub struct Leases {
     shards: Box<[Mutex<HashMap<u64, Lease>>]>,
@@ -79,16 +94,9 @@ impl Leases {
     ) -> Result<Decision, ()> {
         let (give_back, day, month) = {
             let mut shard = self.shard(key);
-            let lease = shard.entry(key).or_insert_with(|| Lease {
-                redis_key: redis_key.clone(),
-                limits: *limits,
-                left: 0,
-                expires_ms: 0,
-                blocked_until_ms: 0,
-                day: 0,
-                month: 0,
-                last: None,
-            });
+            let lease = shard
+                .entry(key)
+                .or_insert_with(|| Lease::new(redis_key.clone(), limits));
             if lease.left > 0 && now_ms < lease.expires_ms && lease.limits == *limits {
                 lease.left -= 1;
                 return Ok(spent(lease, tier));
@@ -107,16 +115,9 @@ impl Leases {
         let out = result.outcome;
         let mut d = decide(tier, limits, &out, unix_now());
         let mut shard = self.shard(key);
-        let lease = shard.entry(key).or_insert_with(|| Lease {
-            redis_key,
-            limits: *limits,
-            left: 0,
-            expires_ms: 0,
-            blocked_until_ms: 0,
-            day: 0,
-            month: 0,
-            last: None,
-        });
+        let lease = shard
+            .entry(key)
+            .or_insert_with(|| Lease::new(redis_key, limits));
         lease.limits = *limits;
         lease.day = result.day;
         lease.month = result.month;
