@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::auth::api_key::ApiKeyStore;
 use gatehouse::auth::jwt::JwtVerifier;
+use gatehouse::config::ProviderId;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 const SECRET: &str = "benchmark-hmac-secret-of-32-bytes-or-more";
@@ -80,14 +81,14 @@ fn jwt(c: &mut Criterion) {
         ),
     ];
     let mut g = c.benchmark_group("jwt_verify");
-    for ((spec, token), name) in cfg
+    for (((id, spec), token), name) in cfg
         .auth
-        .jwt
-        .iter()
+        .jwt()
+        .enumerate()
         .zip(&tokens)
         .zip(["HS256", "RS256", "ES256", "EdDSA"])
     {
-        let verifier = JwtVerifier::new(spec, None);
+        let verifier = JwtVerifier::new(ProviderId::new(id), spec, None);
         assert!(
             verifier.verify_known(token).is_ok(),
             "{name} token verifies"
@@ -116,7 +117,7 @@ fn api_keys(c: &mut Criterion) {
         header: http::HeaderName::from_static("x-api-key"),
         keys: keys.iter().map(|k| k.record.clone()).collect(),
     };
-    let store = ApiKeyStore::new(&spec);
+    let store = ApiKeyStore::new(ProviderId::new(0), &spec);
     let presented = keys[5_000].plain.clone();
     let now = SystemTime::now();
     assert!(store.verify(presented.as_bytes(), now).is_ok());

@@ -1,16 +1,12 @@
-//! The access log: one JSON object per line with flat keys, written by a background service so
-//! that the request path only formats a line and hands it over (never blocks on I/O). When the
-//! writer falls behind, lines are dropped and counted rather than slowing requests down.
+//! The access log's request side (domain layer): one JSON object per line with flat keys,
+//! formatted on the request path and handed over a bounded channel (never blocking on I/O) to
+//! the writer service ([`crate::services::access_log`]). When the writer falls behind, lines
+//! are dropped and counted rather than slowing requests down.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -67,17 +63,16 @@ pub struct AccessLog {
     dropped: IntCounter,
 }
 
-/// The background service that writes lines out.
-pub struct AccessLogWriter {
-    rx: Mutex<Option<mpsc::Receiver<String>>>,
-    path: Option<PathBuf>,
+/// The lines queued for the writer, and where they go (`None`: stdout).
+pub struct Lines {
+    /// The queue.
+    pub rx: mpsc::Receiver<String>,
+    /// The file to append to.
+    pub path: Option<PathBuf>,
 }
 
-/// Builds the access log and, when enabled, its writer service.
-pub fn new(
-    settings: &AccessLogSettings,
-    dropped: IntCounter,
-) -> (AccessLog, Option<AccessLogWriter>) {
+/// Builds the access log and, when enabled, the queue its writer drains.
+pub fn new(settings: &AccessLogSettings, dropped: IntCounter) -> (AccessLog, Option<Lines>) {
     if !settings.enabled {
         return (
             AccessLog {
@@ -95,8 +90,8 @@ pub fn new(
             include_query: settings.include_query,
             dropped,
         },
-        Some(AccessLogWriter {
-            rx: Mutex::new(Some(rx)),
+        Some(Lines {
+            rx,
             path: settings.path.clone(),
         }),
     )
@@ -130,50 +125,4 @@ impl AccessLog {
 /// The current time in the log's format.
 pub fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-#[async_trait]
-impl BackgroundService for AccessLogWriter {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        // Shutdown is deliberately not watched: requests keep finishing (and being logged)
-        // through the grace period, and every batch is flushed as soon as it is written.
-        let Some(mut rx) = self.rx.lock().ok().and_then(|mut r| r.take()) else {
-            return;
-        };
-        let mut out: Box<dyn Write + Send> = match &self.path {
-            None => Box::new(std::io::stdout()),
-            Some(path) => match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                Ok(f) => Box::new(f),
-                Err(e) => {
-                    log::error!(
-                        "cannot open access log {}: {e}; access logging is off",
-                        path.display()
-                    );
-                    return;
-                }
-            },
-        };
-        let mut buf = Vec::with_capacity(64 * 1024);
-        loop {
-            let Some(first) = rx.recv().await else { break };
-            buf.extend_from_slice(first.as_bytes());
-            buf.push(b'\n');
-            while let Ok(line) = rx.try_recv() {
-                buf.extend_from_slice(line.as_bytes());
-                buf.push(b'\n');
-                if buf.len() > 256 * 1024 {
-                    break;
-                }
-            }
-            // This service runs on its own runtime: a blocking write here never delays requests.
-            if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
-                log::error!("access log write failed: {e}");
-            }
-            buf.clear();
-        }
-    }
 }

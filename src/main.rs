@@ -1,6 +1,8 @@
 //! The `gatehouse` binary: install the SIGHUP handler, parse the command line, load the
 //! configuration, run.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

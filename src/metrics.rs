@@ -1,6 +1,11 @@
-//! Prometheus metrics. Handles are resolved once per snapshot ([`RouteMetrics`],
-//! [`UpstreamMetrics`]) so that recording in `logging` is a few atomic adds; per-backend gauges
-//! are read from the live snapshot at scrape time. Labels come only from configured names.
+//! Prometheus metrics (the layer above the domain modules): the registry, and the handle
+//! structs it fills. A domain module defines the small handle struct it records into
+//! ([`AuthCounters`], [`DecisionCounters`], [`StoreCounters`], [`BreakerCounters`],
+//! [`JwksMetrics`]); handles the proxy records into ([`RouteMetrics`], [`UpstreamMetrics`])
+//! are defined here. Handles are resolved once per snapshot so that recording is a few atomic
+//! adds. Gauges that read live state (backend health, in-flight, circuit state, adaptive
+//! factor) are a collector over the snapshot store ([`crate::snapshot::gauges`]), registered
+//! once through [`Metrics::register`]. Labels come only from configured names.
 
 use std::sync::Arc;
 
@@ -9,7 +14,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::snapshot::Snapshot;
+use crate::auth::jwks::JwksMetrics;
+use crate::auth::{AuthCounters, Reason};
+use crate::config::{FailureKind, ProviderId};
+use crate::ratelimit::{DecisionCounters, StoreCounters};
+use crate::upstream::BreakerCounters;
 
 /// Label used for requests that matched no route (and so no upstream).
 pub const NO_ROUTE: &str = "none";
@@ -32,13 +41,9 @@ pub fn status_class(status: u16) -> usize {
 /// All of the gateway's metrics, in one registry.
 pub struct Metrics {
     registry: Registry,
-    render_lock: std::sync::Mutex<()>,
     requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
-    backend_healthy: IntGaugeVec,
-    backend_inflight: IntGaugeVec,
-    backend_drained: IntGaugeVec,
     /// Downstream connections currently open.
     pub connections_active: IntGauge,
     reloads: IntCounterVec,
@@ -46,38 +51,13 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     auth: IntCounterVec,
     ratelimit_decisions: IntCounterVec,
-    /// Failed rate-limit store calls.
-    pub ratelimit_store_errors: IntCounter,
-    /// Local rate-limit keys evicted before they were idle (memory bound reached).
-    pub ratelimit_evictions: IntCounter,
-    circuit_state: IntGaugeVec,
+    ratelimit_store: StoreCounters,
     circuit_transitions: IntCounterVec,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
-    adaptive_factor: prometheus::GaugeVec,
     jwks_keys: IntGaugeVec,
     jwks_fetches: IntCounterVec,
     jwks_last_success: IntGaugeVec,
-}
-
-/// Pre-resolved authentication counters of one route: for each of the route's providers (and
-/// a last entry, `none`, for requests without any credential), one counter per result.
-pub struct AuthMetrics {
-    methods: Vec<String>,
-    counters: Vec<[IntCounter; 14]>,
-}
-
-impl AuthMetrics {
-    /// Counts one outcome: `reason` `None` is a success; `method` `None` means no credential.
-    pub fn record(&self, method: Option<&str>, reason: Option<crate::auth::Reason>) {
-        let row = method
-            .and_then(|m| self.methods.iter().position(|x| x == m))
-            .unwrap_or(self.methods.len());
-        let col = reason.map_or(0, |r| r.index() + 1);
-        if let Some(c) = self.counters.get(row) {
-            c[col].inc();
-        }
-    }
 }
 
 /// Pre-resolved handles for one route.
@@ -89,6 +69,9 @@ pub struct RouteMetrics {
 /// Pre-resolved handles for one upstream.
 pub struct UpstreamMetrics {
     duration: Histogram,
+    /// Retries by reason: connect, timeout, reset.
+    retries: [IntCounter; 3],
+    budget_exhausted: IntCounter,
 }
 
 impl RouteMetrics {
@@ -103,6 +86,21 @@ impl UpstreamMetrics {
     /// Records the time from sending a request upstream to its response header.
     pub fn record(&self, seconds: f64) {
         self.duration.observe(seconds);
+    }
+
+    /// Counts a retry sent after a failure of `kind`.
+    pub fn retry(&self, kind: FailureKind) {
+        let i = match kind {
+            FailureKind::Connect => 0,
+            FailureKind::Timeout => 1,
+            FailureKind::Reset | FailureKind::Status5xx => 2,
+        };
+        self.retries[i].inc();
+    }
+
+    /// Counts a retry refused by the budget.
+    pub fn retry_budget_exhausted(&self) {
+        self.budget_exhausted.inc();
     }
 }
 
@@ -138,27 +136,6 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
         ));
-        let backend_healthy = must(IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_upstream_backend_healthy",
-                "1 when the backend may receive traffic by health checks (1 without checks).",
-            ),
-            &["upstream", "backend"],
-        ));
-        let backend_inflight = must(IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_upstream_backend_inflight",
-                "Requests in flight to the backend.",
-            ),
-            &["upstream", "backend"],
-        ));
-        let backend_drained = must(IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_upstream_backend_drained",
-                "1 when an operator drained the backend.",
-            ),
-            &["upstream", "backend"],
-        ));
         let connections_active = must(IntGauge::new(
             "gatehouse_connections_active",
             "Downstream connections currently open.",
@@ -188,21 +165,20 @@ impl Metrics {
             ),
             &["route", "tier", "decision"],
         ));
-        let ratelimit_store_errors = must(IntCounter::new(
-            "gatehouse_ratelimit_store_errors_total",
-            "Rate-limit store calls that failed or timed out.",
-        ));
-        let ratelimit_evictions = must(IntCounter::new(
-            "gatehouse_ratelimit_evictions_total",
-            "Local rate-limit keys evicted because max_keys was reached.",
-        ));
-        let circuit_state = must(IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_circuit_state",
-                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-            ),
-            &["upstream", "backend"],
-        ));
+        let ratelimit_store = StoreCounters {
+            store_errors: must(IntCounter::new(
+                "gatehouse_ratelimit_store_errors_total",
+                "Rate-limit store calls that failed or timed out.",
+            )),
+            evictions: must(IntCounter::new(
+                "gatehouse_ratelimit_evictions_total",
+                "Local rate-limit keys evicted because max_keys was reached.",
+            )),
+            lease_evictions: must(IntCounter::new(
+                "gatehouse_ratelimit_lease_evictions_total",
+                "Batched reservations evicted because max_keys was reached; their unspent tokens are given back to Redis.",
+            )),
+        };
         let circuit_transitions = must(IntCounterVec::new(
             Opts::new(
                 "gatehouse_circuit_transitions_total",
@@ -223,13 +199,6 @@ impl Metrics {
                 "Retries refused because the retry budget was spent.",
             ),
             &["upstream"],
-        ));
-        let adaptive_factor = must(prometheus::GaugeVec::new(
-            Opts::new(
-                "gatehouse_adaptive_limit_factor",
-                "Factor applied to the rate limits of adaptive routes.",
-            ),
-            &["route"],
         ));
         let jwks_keys = must(IntGaugeVec::new(
             Opts::new(
@@ -266,21 +235,17 @@ impl Metrics {
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
-            Box::new(backend_healthy.clone()),
-            Box::new(backend_inflight.clone()),
-            Box::new(backend_drained.clone()),
             Box::new(connections_active.clone()),
             Box::new(reloads.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(auth.clone()),
             Box::new(ratelimit_decisions.clone()),
-            Box::new(ratelimit_store_errors.clone()),
-            Box::new(ratelimit_evictions.clone()),
-            Box::new(circuit_state.clone()),
+            Box::new(ratelimit_store.store_errors.clone()),
+            Box::new(ratelimit_store.evictions.clone()),
+            Box::new(ratelimit_store.lease_evictions.clone()),
             Box::new(circuit_transitions.clone()),
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
-            Box::new(adaptive_factor.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(jwks_fetches.clone()),
             Box::new(jwks_last_success.clone()),
@@ -291,25 +256,18 @@ impl Metrics {
         }
         Arc::new(Metrics {
             registry,
-            render_lock: std::sync::Mutex::new(()),
             requests,
             request_duration,
             upstream_duration,
-            backend_healthy,
-            backend_inflight,
-            backend_drained,
             connections_active,
             reloads,
             access_log_dropped,
             auth,
             ratelimit_decisions,
-            ratelimit_store_errors,
-            ratelimit_evictions,
-            circuit_state,
+            ratelimit_store,
             circuit_transitions,
             retries,
             retry_budget_exhausted,
-            adaptive_factor,
             jwks_keys,
             jwks_fetches,
             jwks_last_success,
@@ -325,54 +283,44 @@ impl Metrics {
         }
     }
 
-    /// Authentication counters for `route`, whose providers are `methods`.
-    pub fn auth(&self, route: &str, methods: &[String]) -> AuthMetrics {
+    /// Authentication counters for `route`, which accepts `providers` (id and label).
+    pub fn auth(&self, route: &str, providers: &[(ProviderId, &str)]) -> AuthCounters {
         let results: Vec<&str> = std::iter::once("success")
-            .chain(crate::auth::Reason::ALL.iter().map(|r| r.as_str()))
+            .chain(Reason::ALL.iter().map(|r| r.as_str()))
             .collect();
-        let counters = methods
+        let rows = providers
             .iter()
-            .map(String::as_str)
+            .map(|(_, label)| *label)
             .chain(std::iter::once("none"))
             .map(|m| std::array::from_fn(|i| self.auth.with_label_values(&[route, m, results[i]])))
             .collect();
-        AuthMetrics {
-            methods: methods.to_vec(),
-            counters,
-        }
+        AuthCounters::new(providers.iter().map(|(id, _)| *id).collect(), rows)
     }
 
     /// Decision counters (`[allowed, rejected]`) of a route and tier.
-    pub fn ratelimit_decisions(&self, route: &str, tier: &str) -> [IntCounter; 2] {
+    pub fn ratelimit_decisions(&self, route: &str, tier: &str) -> DecisionCounters {
         ["allowed", "rejected"].map(|d| {
             self.ratelimit_decisions
                 .with_label_values(&[route, tier, d])
         })
     }
 
+    /// The rate limiter's process-wide counters.
+    pub fn ratelimit_store(&self) -> &StoreCounters {
+        &self.ratelimit_store
+    }
+
     /// Transition counters of a backend, indexed by new state (closed, open, half-open).
-    pub fn circuit_transitions(&self, upstream: &str, backend: &str) -> [IntCounter; 3] {
+    pub fn breaker(&self, upstream: &str, backend: &str) -> BreakerCounters {
         ["closed", "open", "half_open"].map(|to| {
             self.circuit_transitions
                 .with_label_values(&[upstream, backend, to])
         })
     }
 
-    /// Counts a retry.
-    pub fn retry(&self, upstream: &str, reason: &str) {
-        self.retries.with_label_values(&[upstream, reason]).inc();
-    }
-
-    /// Counts a retry refused by the budget.
-    pub fn retry_budget_exhausted(&self, upstream: &str) {
-        self.retry_budget_exhausted
-            .with_label_values(&[upstream])
-            .inc();
-    }
-
     /// Handles of a JWKS provider.
-    pub fn jwks(&self, provider: &str) -> crate::auth::jwks::JwksMetrics {
-        crate::auth::jwks::JwksMetrics {
+    pub fn jwks(&self, provider: &str) -> JwksMetrics {
+        JwksMetrics {
             keys: self.jwks_keys.with_label_values(&[provider]),
             fetch_ok: self.jwks_fetches.with_label_values(&[provider, "success"]),
             fetch_failed: self.jwks_fetches.with_label_values(&[provider, "failure"]),
@@ -384,14 +332,15 @@ impl Metrics {
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
         UpstreamMetrics {
             duration: self.upstream_duration.with_label_values(&[upstream]),
+            retries: ["connect", "timeout", "reset"]
+                .map(|reason| self.retries.with_label_values(&[upstream, reason])),
+            budget_exhausted: self.retry_budget_exhausted.with_label_values(&[upstream]),
         }
     }
 
-    /// Makes the series of a new snapshot's routes and upstreams visible at zero before traffic.
-    pub fn register_snapshot(&self, snapshot: &Snapshot) {
-        for route in &snapshot.config().routes {
-            let _ = self.route(&route.name, &route.upstream);
-        }
+    /// Registers a collector (the live gauges over the snapshot store), once.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        must(self.registry.register(collector));
     }
 
     /// Counts a reload attempt.
@@ -401,40 +350,8 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition of every metric, with backend gauges taken from `snapshot`.
-    pub fn render(&self, snapshot: &Snapshot) -> Vec<u8> {
-        // Gauges are reset and refilled: one scrape at a time.
-        let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.backend_healthy.reset();
-        self.backend_inflight.reset();
-        self.backend_drained.reset();
-        self.circuit_state.reset();
-        self.adaptive_factor.reset();
-        for (route, spec) in snapshot.config().routes.iter().enumerate() {
-            if spec.adaptive_limit {
-                self.adaptive_factor
-                    .with_label_values(&[spec.name.as_str()])
-                    .set(snapshot.cluster_of(route).state.factor());
-            }
-        }
-        for cluster in snapshot.clusters() {
-            for (i, m) in cluster.members().iter().enumerate() {
-                let addr = m.addr.to_string();
-                let labels = [cluster.name(), addr.as_str()];
-                self.backend_healthy
-                    .with_label_values(&labels)
-                    .set(i64::from(m.state.is_healthy()));
-                self.backend_inflight
-                    .with_label_values(&labels)
-                    .set(m.state.inflight() as i64);
-                self.backend_drained
-                    .with_label_values(&labels)
-                    .set(i64::from(m.state.is_drained()));
-                self.circuit_state
-                    .with_label_values(&labels)
-                    .set(cluster.circuit(i) as i64);
-            }
-        }
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("metrics encoding failed: {e}");

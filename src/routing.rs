@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, Method};
 
-use crate::config::{HostMatch, PathMatch, RouteSpec};
+use crate::config::{HostMatch, PathMatch, RouteId, RouteSpec};
 
 /// A set of HTTP methods as a bit mask (allocation-free).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,8 +65,8 @@ impl MethodSet {
 /// Outcome of a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteMatch {
-    /// The index of the matching route in the configuration's `routes`.
-    Found(usize),
+    /// The matching route.
+    Found(RouteId),
     /// Some route matches everything but the method; these methods would be accepted.
     MethodNotAllowed(MethodSet),
     /// No route matches.
@@ -86,7 +86,7 @@ pub struct RequestView<'a> {
 }
 
 struct Entry {
-    index: usize,
+    index: RouteId,
     spec: RouteSpec,
     methods: MethodSet,
 }
@@ -103,7 +103,7 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(index, spec)| Entry {
-                index,
+                index: RouteId::new(index),
                 methods: spec
                     .methods
                     .as_deref()
@@ -249,9 +249,9 @@ path_exact = "/a/b/c"
 upstream = "u"
 "#,
         );
-        assert_eq!(find(&r, Method::GET, None, "/a/b/c"), RouteMatch::Found(3));
-        assert_eq!(find(&r, Method::GET, None, "/a/b/d"), RouteMatch::Found(2));
-        assert_eq!(find(&r, Method::GET, None, "/a/x"), RouteMatch::Found(1));
+        assert_eq!(find(&r, Method::GET, None, "/a/b/c"), RouteMatch::Found(RouteId::new(3)));
+        assert_eq!(find(&r, Method::GET, None, "/a/b/d"), RouteMatch::Found(RouteId::new(2)));
+        assert_eq!(find(&r, Method::GET, None, "/a/x"), RouteMatch::Found(RouteId::new(1)));
         assert_eq!(find(&r, Method::GET, None, "/b"), RouteMatch::NotFound);
     }
 
@@ -285,7 +285,7 @@ upstream = "u"
         );
         assert_eq!(
             find(&r, Method::GET, Some("A.Example.com:8080"), "/"),
-            RouteMatch::Found(0)
+            RouteMatch::Found(RouteId::new(0))
         );
         assert_eq!(
             find(&r, Method::GET, Some("example.com"), "/"),

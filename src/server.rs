@@ -1,6 +1,6 @@
-//! Builds and runs the Pingora server from a validated configuration: process settings, the
-//! bootstrap (socket handover) service, the proxy and admin listeners, and the background
-//! services (health checks, SIGHUP reload, access log writer).
+//! Builds and runs the Pingora server from a validated configuration (top layer): process
+//! settings, the bootstrap (socket handover) service, the proxy and admin listeners, the live
+//! gauges, and the background services of [`crate::services`].
 
 use std::sync::Arc;
 
@@ -11,15 +11,17 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::auth::jwks::JwksService;
 use crate::cli::Cli;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::ratelimit::RateLimitService;
-use crate::reload::{Reloader, SighupService};
+use crate::services::access_log::AccessLogWriter;
+use crate::services::health::HealthService;
+use crate::services::jwks::JwksService;
+use crate::services::ratelimit::RateLimitService;
+use crate::services::reload::{Reloader, SighupService};
+use crate::snapshot::gauges::LiveGauges;
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::upstream::health::HealthService;
 
 /// Pingora's settings for our configuration. Durations are rounded up to whole seconds, the
 /// unit Pingora takes.
@@ -57,14 +59,14 @@ pub fn run(config: Config, cli: &Cli) -> ! {
 
     let metrics = Metrics::new();
     let store = SnapshotStore::new(Snapshot::build(config.clone(), None, &metrics));
-    metrics.register_snapshot(&store.load());
+    metrics.register(Box::new(LiveGauges::new(store.clone())));
     let reloader = Arc::new(Reloader::new(
         config.source.clone(),
         store.clone(),
         Arc::clone(&metrics),
         config.clone(),
     ));
-    let (access_log, access_log_writer) =
+    let (access_log, access_log_lines) =
         crate::access_log::new(&config.access_log, metrics.access_log_dropped.clone());
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -109,8 +111,11 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         "sighup reload",
         SighupService::new(reloader),
     ));
-    if let Some(writer) = access_log_writer {
-        server.add_service(background_service("access log", writer));
+    if let Some(lines) = access_log_lines {
+        server.add_service(background_service(
+            "access log",
+            AccessLogWriter::new(lines),
+        ));
     }
     log::info!(
         "gatehouse {} starting: traffic on {:?}, admin on {:?}",

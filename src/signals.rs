@@ -1,6 +1,7 @@
-//! Signal handling beyond Pingora's own. Pingora acts on SIGQUIT, SIGTERM and SIGINT; an
-//! unhandled SIGHUP would kill the process. The handlers here only set flags (async-signal-safe)
-//! and are installed first thing in `main`, so they survive daemonising:
+//! Signal handling beyond Pingora's own (bottom layer: process-wide flags). Pingora acts on
+//! SIGQUIT, SIGTERM and SIGINT; an unhandled SIGHUP would kill the process. The handlers here
+//! only set flags (`signal_hook::flag`, async-signal-safe, no `unsafe` of ours) and are
+//! installed first thing in `main`, so they survive daemonising:
 //! - SIGHUP requests an in-process reload (consumed by the reload service);
 //! - SIGQUIT (graceful upgrade) also marks the process as draining, so that every response from
 //!   then on closes its keep-alive connection. Pingora keeps accepting for a few seconds after
@@ -8,21 +9,17 @@
 //!   means clients reconnect (to the new process) rather than racing a close.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use signal_hook::consts::{SIGHUP, SIGQUIT};
 
-static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
-static DRAINING: AtomicBool = AtomicBool::new(false);
+static RELOAD_REQUESTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::default);
+static DRAINING: LazyLock<Arc<AtomicBool>> = LazyLock::new(Default::default);
 
 /// Installs the SIGHUP and SIGQUIT flag handlers.
 pub fn install() -> std::io::Result<()> {
-    // SAFETY: both handlers only store to atomics, which is async-signal-safe.
-    unsafe {
-        signal_hook::low_level::register(SIGHUP, || {
-            RELOAD_REQUESTED.store(true, Ordering::SeqCst)
-        })?;
-        signal_hook::low_level::register(SIGQUIT, || DRAINING.store(true, Ordering::SeqCst))?;
-    }
+    signal_hook::flag::register(SIGHUP, Arc::clone(&RELOAD_REQUESTED))?;
+    signal_hook::flag::register(SIGQUIT, Arc::clone(&DRAINING))?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
 
+use gatehouse::config::RouteId;
 use gatehouse::routing::{RequestView, RouteMatch, Router};
 use gatehouse::snapshot::Snapshot;
 use http::{HeaderMap, Method};
@@ -89,10 +90,10 @@ fn route_lookup_allocates_nothing() {
         }
     });
     assert_eq!(n, 0, "lookups allocated {n} times");
-    assert_eq!(results[0], RouteMatch::Found(97));
-    assert_eq!(results[1], RouteMatch::Found(98));
-    assert_eq!(results[2], RouteMatch::Found(99));
-    assert_eq!(results[3], RouteMatch::Found(96));
+    assert_eq!(results[0], RouteMatch::Found(RouteId::new(97)));
+    assert_eq!(results[1], RouteMatch::Found(RouteId::new(98)));
+    assert_eq!(results[2], RouteMatch::Found(RouteId::new(99)));
+    assert_eq!(results[3], RouteMatch::Found(RouteId::new(96)));
     assert_eq!(results[4], RouteMatch::NotFound);
 }
 

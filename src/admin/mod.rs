@@ -12,7 +12,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
-use crate::reload::{ReloadOutcome, Reloader};
+use crate::services::reload::{ReloadOutcome, Reloader};
 use crate::snapshot::SnapshotStore;
 
 /// The admin HTTP application.
@@ -75,7 +75,7 @@ impl ServeHttp for AdminApp {
         match (method, segments.as_slice()) {
             (Method::GET, ["health"]) => views::json(StatusCode::OK, views::health()),
             (Method::GET, ["ready"]) => views::ready(&self.store.load()),
-            (Method::GET, ["metrics"]) => views::metrics(self.metrics.render(&self.store.load())),
+            (Method::GET, ["metrics"]) => views::metrics(self.metrics.render()),
             (_, ["admin", ..]) => {
                 if let Some(refusal) = self.refuse_unauthorised(session) {
                     return refusal;
@@ -103,7 +103,7 @@ impl AdminApp {
             ) => views::set_drained(&self.store.load(), name, addr, *action == "drain"),
             (Method::GET, ["config"]) => views::json(
                 StatusCode::OK,
-                crate::config::render::to_json(self.store.load().config()),
+                self.store.load().config().render(),
             ),
             (Method::POST, ["reload"]) => {
                 let reloader = Arc::clone(&self.reloader);

@@ -10,18 +10,17 @@ use http::HeaderName;
 use super::identity::{Denial, Identity, Reason};
 use super::MAX_CREDENTIAL_LEN;
 use crate::config::keys_file::hash_key;
-use crate::config::{ApiKeyRecord, ApiKeySpec};
+use crate::config::{ApiKeyRecord, ApiKeySpec, ProviderId};
 
 /// One API key provider's keys, indexed by hash.
 pub struct ApiKeyStore {
-    label: String,
     header: HeaderName,
     by_hash: HashMap<[u8; 32], (ApiKeyRecord, Arc<Identity>)>,
 }
 
 impl ApiKeyStore {
-    /// Indexes the provider's records.
-    pub fn new(spec: &ApiKeySpec) -> Self {
+    /// Indexes the records of provider `id`.
+    pub fn new(id: ProviderId, spec: &ApiKeySpec) -> Self {
         let label = format!("api_key:{}", spec.name);
         let by_hash = spec
             .keys
@@ -30,6 +29,7 @@ impl ApiKeyStore {
                 let identity = Identity::build(
                     k.consumer.clone(),
                     k.tier.clone(),
+                    id,
                     label.clone(),
                     Vec::new(),
                     k.scopes.clone(),
@@ -39,15 +39,9 @@ impl ApiKeyStore {
             })
             .collect();
         ApiKeyStore {
-            label,
             header: spec.header.clone(),
             by_hash,
         }
-    }
-
-    /// `api_key:NAME`.
-    pub fn label(&self) -> &str {
-        &self.label
     }
 
     /// The header that carries the key.

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::config::ProviderId;
+
 /// An authenticated caller. Built once per API key record or verified token (and shared via
 /// `Arc`), with the identity headers for the upstream already encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,7 +14,9 @@ pub struct Identity {
     pub consumer: String,
     /// Rate-limit tier, if the credential names one.
     pub tier: Option<String>,
-    /// The provider that authenticated it, as `jwt:NAME` or `api_key:NAME`.
+    /// The provider that authenticated it.
+    pub provider: ProviderId,
+    /// The same, as `jwt:NAME` or `api_key:NAME` (for `X-Auth-Method` and the access log).
     pub method: String,
     /// Roles (JWT roles claim).
     pub roles: Vec<String>,
@@ -27,9 +31,11 @@ pub struct Identity {
 
 impl Identity {
     /// Builds an identity and encodes its upstream headers.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         consumer: String,
         tier: Option<String>,
+        provider: ProviderId,
         method: String,
         roles: Vec<String>,
         scopes: Vec<String>,
@@ -55,6 +61,7 @@ impl Identity {
         Arc::new(Identity {
             consumer,
             tier,
+            provider,
             method,
             roles,
             scopes,
@@ -151,7 +158,7 @@ pub struct Denial {
     /// What exactly was wrong.
     pub description: String,
     /// The provider that refused (`None` when no credential was presented).
-    pub method: Option<String>,
+    pub provider: Option<ProviderId>,
 }
 
 impl Denial {
@@ -160,7 +167,7 @@ impl Denial {
         Denial {
             reason,
             description: description.into(),
-            method: None,
+            provider: None,
         }
     }
 }

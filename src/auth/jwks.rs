@@ -7,6 +7,7 @@
 //! When the endpoint is down at start, the set is empty: tokens are refused with 401
 //! `unknown_key` (public routes are unaffected), `gatehouse_jwks_keys` is 0, the background
 //! service retries every `min_refetch_interval`, and keys appear as soon as a fetch succeeds.
+//! The refresh loop itself is [`crate::services::jwks`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,14 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use prometheus::{IntCounter, IntGauge};
-
-use crate::snapshot::SnapshotStore;
 
 /// How long a request waits for an on-demand refetch.
 pub const REFETCH_WAIT: Duration = Duration::from_secs(2);
@@ -56,6 +52,23 @@ pub fn key_map(set: &JwkSet) -> KeyMap {
             Some((kid, Arc::new(JwkKey { key, alg })))
         })
         .collect()
+}
+
+/// Why a JWKS fetch failed (the last good keys are kept).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The request could not be made or its body not read.
+    #[error("request failed: {0}")]
+    Request(#[from] reqwest::Error),
+    /// The endpoint answered with a non-success status.
+    #[error("status {0}")]
+    Status(reqwest::StatusCode),
+    /// The document exceeds the size limit.
+    #[error("document larger than {MAX_DOCUMENT} bytes")]
+    TooLarge,
+    /// The body is not a JWKS document.
+    #[error("not a JWKS document: {0}")]
+    NotJwks(#[from] serde_json::Error),
 }
 
 /// Metric handles of one key set.
@@ -184,12 +197,12 @@ impl JwksSet {
     }
 
     /// Fetches now unless a fetch is already running; keeps the old keys on failure.
-    pub async fn fetch(&self) -> Option<Result<usize, String>> {
+    pub async fn fetch(&self) -> Option<Result<usize, FetchError>> {
         let _one_fetch = self.fetch_lock.try_lock().ok()?;
         Some(self.fetch_locked().await)
     }
 
-    async fn fetch_locked(&self) -> Result<usize, String> {
+    async fn fetch_locked(&self) -> Result<usize, FetchError> {
         if let Ok(mut t) = self.last_attempt.lock() {
             *t = Some(Instant::now());
         }
@@ -221,7 +234,7 @@ impl JwksSet {
         result.map(|m| m.len())
     }
 
-    async fn download(&self) -> Result<KeyMap, String> {
+    async fn download(&self) -> Result<KeyMap, FetchError> {
         let client = self.client.get_or_init(|| {
             reqwest::Client::builder()
                 .timeout(FETCH_TIMEOUT)
@@ -229,64 +242,25 @@ impl JwksSet {
                 .build()
                 .unwrap_or_default()
         });
-        let resp = client
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+        let resp = client.get(&self.url).send().await?;
         if !resp.status().is_success() {
-            return Err(format!("status {}", resp.status()));
+            return Err(FetchError::Status(resp.status()));
         }
-        let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
+        let body = resp.bytes().await?;
         if body.len() > MAX_DOCUMENT {
-            return Err("document too large".to_string());
+            return Err(FetchError::TooLarge);
         }
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let set: JwkSet = serde_json::from_slice(&body)?;
         Ok(key_map(&set))
     }
 
-    /// When the background service should fetch next: every `refresh` after a success, every
-    /// `min_refetch_interval` while failing.
-    fn due(&self) -> bool {
+    /// Whether the background refresh should fetch now: every `refresh` after a success,
+    /// every `min_refetch_interval` while failing.
+    pub fn due(&self) -> bool {
         let last_success = self.last_success.lock().ok().and_then(|t| *t);
         match last_success {
             Some(t) if t.elapsed() < self.refresh => false,
             _ => !self.attempted_within(self.min_refetch.min(self.refresh)),
-        }
-    }
-}
-
-/// Background service refreshing every key set of the current snapshot.
-pub struct JwksService {
-    store: SnapshotStore,
-}
-
-impl JwksService {
-    /// A service refreshing what `store` holds.
-    pub fn new(store: SnapshotStore) -> Self {
-        JwksService { store }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for JwksService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            for set in self.store.load().auth().jwks_sets() {
-                if set.due() {
-                    let set = Arc::clone(set);
-                    tokio::spawn(async move {
-                        let _ = set.fetch().await;
-                    });
-                }
-            }
         }
     }
 }

@@ -17,7 +17,7 @@ use super::identity::{Denial, Identity, Reason};
 use super::jwks::{key_map, JwkKey, JwksSet, KeyMap};
 use super::MAX_CREDENTIAL_LEN;
 use crate::config::auth::decoding_key_from_pem;
-use crate::config::{JwtKeys, JwtSpec};
+use crate::config::{JwtKeys, JwtSpec, ProviderId};
 
 /// Claims that jsonwebtoken can require itself.
 const SPEC_CLAIMS: &[&str] = &["exp", "nbf", "sub", "iss", "aud"];
@@ -34,6 +34,7 @@ enum Keys {
 /// One JWT provider, ready to verify.
 pub struct JwtVerifier {
     cache: super::token_cache::TokenCache,
+    id: ProviderId,
     label: String,
     validations: Vec<(Algorithm, Validation)>,
     keys: Keys,
@@ -45,8 +46,9 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// Builds the verifier; `jwks` supplies the shared key set for `jwks_url` providers.
-    pub fn new(spec: &JwtSpec, jwks: Option<Arc<JwksSet>>) -> Self {
+    /// Builds the verifier of provider `id`; `jwks` supplies the shared key set for `jwks_url`
+    /// providers.
+    pub fn new(id: ProviderId, spec: &JwtSpec, jwks: Option<Arc<JwksSet>>) -> Self {
         let leeway = spec.leeway.as_secs();
         let mut required: HashSet<String> = spec
             .required_claims
@@ -100,6 +102,7 @@ impl JwtVerifier {
         };
         JwtVerifier {
             cache: Default::default(),
+            id,
             label: format!("jwt:{}", spec.name),
             validations,
             keys,
@@ -260,6 +263,7 @@ impl JwtVerifier {
         Ok(Identity::build(
             consumer,
             tier,
+            self.id,
             self.label.clone(),
             roles,
             scopes,

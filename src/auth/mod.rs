@@ -1,7 +1,8 @@
-//! Authentication and authorisation, run in `request_filter` once the route is known.
-//! A route lists providers (`jwt:NAME`, `api_key:NAME`); any one suffices. The resulting
-//! [`Identity`] is what rate limiting keys on and what the upstream is told in `X-Consumer-*`
-//! and `X-Auth-*` headers (client-sent copies of those are always removed).
+//! Authentication and authorisation (domain layer): verifying credentials with the providers a
+//! route accepts (`jwt:NAME`, `api_key:NAME`; any one suffices) and checking roles and scopes.
+//! The resulting [`Identity`] is what rate limiting keys on and what the upstream is told in
+//! `X-Consumer-*` and `X-Auth-*` headers. The request-path policies that use this live in
+//! [`crate::policy`]; the JWKS refresh loop in [`crate::services`].
 
 pub mod api_key;
 pub mod identity;
@@ -13,11 +14,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderMap;
+use prometheus::IntCounter;
 
-use crate::config::{AuthRef, Config, JwtKeys, RouteSpec};
-use crate::metrics::Metrics;
+use crate::config::{Config, JwtKeys, ProviderId, ProviderKind};
 pub use identity::{Denial, Identity, Reason};
-use jwks::JwksSet;
+use jwks::{JwksMetrics, JwksSet};
 
 /// Credentials longer than this are refused without being parsed.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
@@ -36,83 +37,64 @@ enum Provider {
     ApiKey(api_key::ApiKeyStore),
 }
 
-impl Provider {
-    fn label(&self) -> &str {
-        match self {
-            Provider::Jwt(j) => j.label(),
-            Provider::ApiKey(k) => k.label(),
-        }
-    }
-}
-
-/// Every provider of a snapshot, and which routes use which.
+/// Every provider of a snapshot, indexed by [`ProviderId`].
 pub struct Authenticator {
     providers: Vec<Provider>,
     jwks: Vec<Arc<JwksSet>>,
-    route_providers: Vec<Vec<usize>>,
 }
 
 impl Authenticator {
     /// Builds verifiers and key indexes; JWKS sets are carried over from `previous` when the
-    /// provider and URL are unchanged (keys already fetched stay).
-    pub fn new(config: &Config, previous: Option<&Authenticator>, metrics: &Metrics) -> Self {
+    /// provider and URL are unchanged (keys already fetched stay). `jwks_metrics` gives the
+    /// metric handles of a new JWKS provider.
+    pub fn new(
+        config: &Config,
+        previous: Option<&Authenticator>,
+        jwks_metrics: impl Fn(&str) -> JwksMetrics,
+    ) -> Self {
         let mut providers = Vec::new();
         let mut jwks = Vec::new();
-        for spec in &config.auth.jwt {
-            let set = match &spec.keys {
-                JwtKeys::JwksUrl {
-                    url,
-                    refresh,
-                    min_refetch_interval,
-                } => {
-                    let kept = previous.and_then(|p| {
-                        p.jwks
-                            .iter()
-                            .find(|s| s.url() == url && s.provider() == spec.name)
-                    });
-                    let set = match kept {
-                        Some(s) if s.settings() == (*refresh, *min_refetch_interval) => {
-                            Arc::clone(s)
-                        }
-                        _ => JwksSet::new(
-                            &spec.name,
+        for (i, p) in config.auth.providers.iter().enumerate() {
+            let id = ProviderId::new(i);
+            let provider = match &p.kind {
+                ProviderKind::Jwt(spec) => {
+                    let set = match &spec.keys {
+                        JwtKeys::JwksUrl {
                             url,
-                            *refresh,
-                            *min_refetch_interval,
-                            metrics.jwks(&spec.name),
-                        ),
+                            refresh,
+                            min_refetch_interval,
+                        } => {
+                            let kept = previous.and_then(|p| {
+                                p.jwks
+                                    .iter()
+                                    .find(|s| s.url() == url && s.provider() == spec.name)
+                            });
+                            let set = match kept {
+                                Some(s) if s.settings() == (*refresh, *min_refetch_interval) => {
+                                    Arc::clone(s)
+                                }
+                                _ => JwksSet::new(
+                                    &spec.name,
+                                    url,
+                                    *refresh,
+                                    *min_refetch_interval,
+                                    jwks_metrics(&spec.name),
+                                ),
+                            };
+                            jwks.push(Arc::clone(&set));
+                            Some(set)
+                        }
+                        _ => None,
                     };
-                    jwks.push(Arc::clone(&set));
-                    Some(set)
+                    Provider::Jwt(jwt::JwtVerifier::new(id, spec, set))
                 }
-                _ => None,
+                ProviderKind::ApiKey(spec) => {
+                    Provider::ApiKey(api_key::ApiKeyStore::new(id, spec))
+                }
             };
-            providers.push(Provider::Jwt(jwt::JwtVerifier::new(spec, set)));
+            providers.push(provider);
         }
-        for spec in &config.auth.api_keys {
-            providers.push(Provider::ApiKey(api_key::ApiKeyStore::new(spec)));
-        }
-        let route_providers = config
-            .routes
-            .iter()
-            .map(|r| {
-                r.auth
-                    .iter()
-                    .filter_map(|a| {
-                        let label = match a {
-                            AuthRef::Jwt(n) => format!("jwt:{n}"),
-                            AuthRef::ApiKey(n) => format!("api_key:{n}"),
-                        };
-                        providers.iter().position(|p| p.label() == label)
-                    })
-                    .collect()
-            })
-            .collect();
-        Authenticator {
-            providers,
-            jwks,
-            route_providers,
-        }
+        Authenticator { providers, jwks }
     }
 
     /// The JWKS sets in use.
@@ -120,34 +102,25 @@ impl Authenticator {
         &self.jwks
     }
 
-    /// Headers that carry route `route`'s credentials (removed when `hide_credentials`).
-    pub fn credential_headers(&self, route: usize) -> impl Iterator<Item = http::HeaderName> + '_ {
-        self.route_providers[route]
-            .iter()
-            .map(|&i| match &self.providers[i] {
-                Provider::Jwt(_) => http::header::AUTHORIZATION,
-                Provider::ApiKey(k) => k.header().clone(),
-            })
+    /// The header that carries provider `id`'s credentials (removed when `hide_credentials`).
+    pub fn credential_header(&self, id: ProviderId) -> http::HeaderName {
+        match &self.providers[id.index()] {
+            Provider::Jwt(_) => http::header::AUTHORIZATION,
+            Provider::ApiKey(k) => k.header().clone(),
+        }
     }
 
-    /// Whether route `route` needs authentication.
-    pub fn protects(&self, route: usize) -> bool {
-        !self.route_providers[route].is_empty()
-    }
-
-    /// Authenticates a request to route `route` with any of its providers, then checks the
-    /// route's roles and scopes. With several providers, the first failure is reported.
+    /// Authenticates a request with any of `providers` (in order). With several providers, the
+    /// first failure is reported; with no credential for any of them, [`Reason::Missing`].
     pub async fn authenticate(
         &self,
-        route: usize,
-        spec: &RouteSpec,
+        providers: &[ProviderId],
         headers: &HeaderMap,
     ) -> Result<Arc<Identity>, Denial> {
         let bearer = bearer_token(headers);
         let mut first_failure: Option<Denial> = None;
-        for &i in &self.route_providers[route] {
-            let provider = &self.providers[i];
-            let outcome = match provider {
+        for &id in providers {
+            let outcome = match &self.providers[id.index()] {
                 Provider::Jwt(v) => match &bearer {
                     Some(Ok(token)) => Some(v.verify(token).await),
                     Some(Err(d)) => Some(Err(d.clone())),
@@ -158,23 +131,41 @@ impl Authenticator {
                     .map(|v| k.verify(v.as_bytes(), SystemTime::now())),
             };
             match outcome {
-                Some(Ok(identity)) => {
-                    return match authorize(spec, &identity) {
-                        Ok(()) => Ok(identity),
-                        Err(mut d) => {
-                            d.method = Some(identity.method.clone());
-                            Err(d)
-                        }
-                    };
-                }
+                Some(Ok(identity)) => return Ok(identity),
                 Some(Err(mut d)) => {
-                    d.method = Some(provider.label().to_string());
+                    d.provider = Some(id);
                     first_failure.get_or_insert(d);
                 }
                 None => {}
             }
         }
         Err(first_failure.unwrap_or_else(|| Denial::new(Reason::Missing, "credentials required")))
+    }
+}
+
+/// Authentication counters of one route (`gatehouse_auth_total`), filled by the metrics
+/// registry: one row per provider the route accepts, in the route's order, plus a last row for
+/// requests without any credential; one column per result (success, then [`Reason::ALL`]).
+pub struct AuthCounters {
+    providers: Vec<ProviderId>,
+    rows: Vec<[IntCounter; 1 + Reason::ALL.len()]>,
+}
+
+impl AuthCounters {
+    /// Counters for a route accepting `providers`; `rows` has one more row than `providers`.
+    pub fn new(providers: Vec<ProviderId>, rows: Vec<[IntCounter; 1 + Reason::ALL.len()]>) -> Self {
+        AuthCounters { providers, rows }
+    }
+
+    /// Counts one outcome: `reason` `None` is a success; `provider` `None` means no credential.
+    pub fn record(&self, provider: Option<ProviderId>, reason: Option<Reason>) {
+        let row = provider
+            .and_then(|p| self.providers.iter().position(|x| *x == p))
+            .unwrap_or(self.providers.len());
+        let col = reason.map_or(0, |r| r.index() + 1);
+        if let Some(c) = self.rows.get(row) {
+            c[col].inc();
+        }
     }
 }
 
@@ -191,28 +182,22 @@ fn bearer_token(headers: &HeaderMap) -> Option<Result<&str, Denial>> {
         .then(|| Ok(token.trim()))
 }
 
-/// Checks the route's role (any of) and scope (all of) requirements.
-pub fn authorize(spec: &RouteSpec, identity: &Identity) -> Result<(), Denial> {
-    if !spec.require_roles.is_empty()
-        && !spec
-            .require_roles
-            .iter()
-            .any(|r| identity.roles.contains(r))
-    {
-        return Err(Denial::new(
+/// Checks role (any of `roles`) and scope (all of `scopes`) requirements. The denial names the
+/// identity's provider.
+pub fn authorize(roles: &[String], scopes: &[String], identity: &Identity) -> Result<(), Denial> {
+    let denial = |reason, description: String| {
+        let mut d = Denial::new(reason, description);
+        d.provider = Some(identity.provider);
+        d
+    };
+    if !roles.is_empty() && !roles.iter().any(|r| identity.roles.contains(r)) {
+        return Err(denial(
             Reason::MissingRole,
-            format!(
-                "requires one of the roles: {}",
-                spec.require_roles.join(", ")
-            ),
+            format!("requires one of the roles: {}", roles.join(", ")),
         ));
     }
-    if let Some(missing) = spec
-        .require_scopes
-        .iter()
-        .find(|s| !identity.scopes.contains(s))
-    {
-        return Err(Denial::new(
+    if let Some(missing) = scopes.iter().find(|s| !identity.scopes.contains(s)) {
+        return Err(denial(
             Reason::InsufficientScope,
             format!("requires scope {missing}"),
         ));

@@ -5,14 +5,16 @@
 //! refresh or a reload empties it in effect). Authorisation (roles, scopes) is re-checked on
 //! every request by the caller.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::identity::Identity;
+use crate::bounded::{BoundedMap, Lru};
 
 const SHARDS: usize = 16;
-const PER_SHARD: usize = 1024;
+/// Most tokens remembered per provider. Any entry may be evicted (least recently used first):
+/// an evicted token is simply verified again.
+const CAPACITY: usize = 16 * 1024;
 /// Longest time an entry is trusted.
 pub const MAX_AGE_SECS: u64 = 60;
 
@@ -23,35 +25,33 @@ struct Entry {
     keys_generation: u64,
 }
 
-/// Verified tokens of one provider.
+/// Verified tokens of one provider, keyed by a keyed hash of the token (the full token is
+/// compared on every hit).
 pub struct TokenCache {
-    shards: Box<[Mutex<HashMap<u64, Entry>>]>,
+    map: BoundedMap<u64, Entry>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl Default for TokenCache {
     fn default() -> Self {
         TokenCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            map: BoundedMap::new(CAPACITY, SHARDS, Lru),
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 }
 
 impl TokenCache {
-    fn slot(&self, token: &str) -> (usize, u64) {
-        let v = self.hasher.hash_one(token);
-        ((v as usize) % SHARDS, v)
-    }
-
     /// The identity of `token` if it was verified before and is still trusted at `now`
     /// (Unix seconds) with key set `generation`.
     pub fn get(&self, token: &str, now: u64, generation: u64) -> Option<Arc<Identity>> {
-        let (shard, key) = self.slot(token);
-        let map = self.shards[shard].lock().ok()?;
-        let e = map.get(&key)?;
-        (e.token.as_ref() == token && now < e.valid_until && e.keys_generation == generation)
-            .then(|| Arc::clone(&e.identity))
+        let key = self.hasher.hash_one(token);
+        self.map
+            .get_mut(&key, |e| {
+                (e.token.as_ref() == token && now < e.valid_until && e.keys_generation == generation)
+                    .then(|| Arc::clone(&e.identity))
+            })
+            .flatten()
     }
 
     /// Remembers a verified token until `valid_until` (capped at now + [`MAX_AGE_SECS`]).
@@ -63,25 +63,23 @@ impl TokenCache {
         valid_until: u64,
         generation: u64,
     ) {
-        let (shard, key) = self.slot(token);
-        let Ok(mut map) = self.shards[shard].lock() else {
-            return;
+        let entry = Entry {
+            token: token.into(),
+            identity: Arc::clone(identity),
+            valid_until: valid_until.min(now + MAX_AGE_SECS),
+            keys_generation: generation,
         };
-        if map.len() >= PER_SHARD {
-            map.retain(|_, e| e.valid_until > now);
-            if map.len() >= PER_SHARD {
-                map.clear();
-            }
-        }
-        map.insert(
-            key,
-            Entry {
-                token: token.into(),
-                identity: Arc::clone(identity),
-                valid_until: valid_until.min(now + MAX_AGE_SECS),
-                keys_generation: generation,
-            },
-        );
+        self.map.insert(self.hasher.hash_one(token), entry);
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -90,7 +88,15 @@ mod tests {
     use super::*;
 
     fn id() -> Arc<Identity> {
-        Identity::build("a".into(), None, "jwt:x".into(), vec![], vec![], None)
+        Identity::build(
+            "a".into(),
+            None,
+            crate::config::ProviderId::new(0),
+            "jwt:x".into(),
+            vec![],
+            vec![],
+            None,
+        )
     }
 
     #[test]
@@ -103,5 +109,20 @@ mod tests {
         assert_eq!(c.get("tok2", 110, 1), None);
         c.put("long", &id(), 100, 10_000, 1);
         assert_eq!(c.get("long", 161, 1), None, "capped at 60 s");
+    }
+
+    #[test]
+    fn spraying_tokens_never_empties_the_cache() {
+        let c = TokenCache::default();
+        c.put("kept", &id(), 100, 130, 1);
+        // Keep "kept" recently used while far more tokens than fit arrive.
+        for i in 0..(CAPACITY * 3) {
+            c.put(&format!("spray-{i}"), &id(), 100, 130, 1);
+            if i % 64 == 0 {
+                assert!(c.get("kept", 101, 1).is_some(), "lost after {i} tokens");
+            }
+        }
+        assert!(c.len() <= CAPACITY + SHARDS);
+        assert!(c.len() > CAPACITY / 2, "no clear-all: {} held", c.len());
     }
 }

@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use serde::Serialize;
+
 use super::reader::{Node, Reader};
 use super::secret::Secret;
 
 /// Validated admin listener settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AdminSettings {
     /// Where the admin listener binds.
     pub listen: SocketAddr,
@@ -18,7 +20,7 @@ pub struct AdminSettings {
 }
 
 /// Validated access log settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AccessLogSettings {
     /// Whether requests are logged at all.
     pub enabled: bool,
@@ -40,7 +42,7 @@ impl Default for AccessLogSettings {
 
 /// Reads `[admin]`.
 pub fn read_admin(r: &mut Reader<'_>, node: &Node<'_, '_>) -> Option<AdminSettings> {
-    let t = r.table(node, &["listen", "token_env"])?;
+    let t = r.table(node)?;
     let before = r.error_count();
     let listen = t.require(r, "listen").and_then(|n| {
         let text = r.string(&n)?;
@@ -100,7 +102,7 @@ pub fn read_admin(r: &mut Reader<'_>, node: &Node<'_, '_>) -> Option<AdminSettin
 pub fn read_access_log(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> AccessLogSettings {
     let mut s = AccessLogSettings::default();
     let Some(node) = node else { return s };
-    let Some(t) = r.table(node, &["enabled", "path", "include_query"]) else {
+    let Some(t) = r.table(node) else {
         return s;
     };
     if let Some(n) = t.get("enabled") {

@@ -8,33 +8,73 @@ use std::time::Duration;
 use http::HeaderName;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Serialize;
 
+use super::ids::ProviderId;
 use super::keys_file::{self, ApiKeyRecord};
 use super::reader::{Node, Reader};
 use super::secret::Secret;
+use super::ser;
 
 /// Smallest accepted HMAC secret, in bytes.
 pub const MIN_HMAC_SECRET: usize = 32;
 
 /// Validated authentication providers.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct AuthSettings {
-    /// JWT providers, in file order.
-    pub jwt: Vec<JwtSpec>,
-    /// API key providers, in file order.
-    pub api_keys: Vec<ApiKeySpec>,
+    /// Every valid provider: JWT providers in file order, then API key providers in file
+    /// order. [`ProviderId`] indexes this list.
+    pub providers: Vec<ProviderSpec>,
 }
 
-/// Where a JWT provider's verification keys come from.
-#[derive(Debug, Clone, PartialEq)]
+impl AuthSettings {
+    /// The provider `id`.
+    pub fn provider(&self, id: ProviderId) -> &ProviderSpec {
+        &self.providers[id.index()]
+    }
+
+    /// The JWT providers.
+    pub fn jwt(&self) -> impl Iterator<Item = &JwtSpec> {
+        self.providers.iter().filter_map(|p| match &p.kind {
+            ProviderKind::Jwt(j) => Some(j),
+            ProviderKind::ApiKey(_) => None,
+        })
+    }
+}
+
+/// One authentication provider.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProviderSpec {
+    /// How routes name it: `jwt:NAME` or `api_key:NAME` (also its metric label).
+    pub label: String,
+    /// What it verifies.
+    #[serde(flatten)]
+    pub kind: ProviderKind,
+}
+
+/// The kinds of provider.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Bearer JWTs.
+    Jwt(JwtSpec),
+    /// API keys in a header.
+    ApiKey(ApiKeySpec),
+}
+
+/// Where a JWT provider's verification keys come from. Rendered without key material.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum JwtKeys {
     /// A JWKS document fetched over HTTP(S), refreshed in the background.
     JwksUrl {
         /// The document's URL.
         url: String,
         /// Time between background refreshes.
+        #[serde(serialize_with = "ser::duration")]
         refresh: Duration,
         /// Minimum time between fetches triggered by unknown `kid`s.
+        #[serde(serialize_with = "ser::duration")]
         min_refetch_interval: Duration,
     },
     /// A JWKS document read from a file at load.
@@ -42,6 +82,7 @@ pub enum JwtKeys {
         /// The file.
         path: PathBuf,
         /// Its keys.
+        #[serde(skip)]
         set: JwkSet,
     },
     /// One PEM public key.
@@ -49,6 +90,7 @@ pub enum JwtKeys {
         /// The file.
         path: PathBuf,
         /// Its PEM text.
+        #[serde(skip)]
         pem: String,
     },
     /// An HMAC secret from the environment.
@@ -61,7 +103,7 @@ pub enum JwtKeys {
 }
 
 /// A validated JWT provider.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JwtSpec {
     /// Name used by routes as `jwt:NAME`.
     pub name: String,
@@ -74,6 +116,7 @@ pub struct JwtSpec {
     /// Accepted `aud` values; a token must carry one of them when set.
     pub audiences: Vec<String>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(serialize_with = "ser::duration")]
     pub leeway: Duration,
     /// Claims every token must carry (`exp` always included).
     pub required_claims: Vec<String>,
@@ -86,67 +129,61 @@ pub struct JwtSpec {
 }
 
 /// A validated API key provider.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiKeySpec {
     /// Name used by routes as `api_key:NAME`.
     pub name: String,
     /// The keys file.
     pub keys_file: PathBuf,
     /// Header carrying the key.
+    #[serde(serialize_with = "ser::header_name")]
     pub header: HeaderName,
-    /// The records read from the file.
+    /// The records read from the file (rendered as their number).
+    #[serde(serialize_with = "ser::count")]
     pub keys: Vec<ApiKeyRecord>,
 }
 
-const JWT_KEYS: &[&str] = &[
-    "algorithms",
-    "jwks_url",
-    "jwks_file",
-    "public_key_file",
-    "secret_env",
-    "jwks_refresh",
-    "min_refetch_interval",
-    "issuer",
-    "audiences",
-    "leeway",
-    "required_claims",
-    "consumer_claim",
-    "tier_claim",
-    "roles_claim",
-];
-
-/// Reads `[auth]`. Also returns every declared provider as `jwt:NAME` / `api_key:NAME`,
-/// valid or not, so that routes naming an invalid provider are not reported twice.
-pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> (AuthSettings, Vec<String>) {
+/// Reads `[auth]`. Also returns every declared provider as `jwt:NAME` / `api_key:NAME` with
+/// its id when valid, so that routes naming an invalid provider are not reported twice.
+pub fn read(
+    r: &mut Reader<'_>,
+    node: Option<&Node<'_, '_>>,
+) -> (AuthSettings, Vec<(String, Option<ProviderId>)>) {
     let mut out = AuthSettings::default();
     let mut declared = Vec::new();
     let Some(node) = node else {
         return (out, declared);
     };
-    let Some(t) = r.table(node, &["jwt", "api_keys"]) else {
+    let Some(t) = r.table(node) else {
         return (out, declared);
+    };
+    let mut add = |out: &mut AuthSettings, label: String, kind: Option<ProviderKind>| {
+        let id = kind.map(|kind| {
+            out.providers.push(ProviderSpec {
+                label: label.clone(),
+                kind,
+            });
+            ProviderId::new(out.providers.len() - 1)
+        });
+        declared.push((label, id));
     };
     if let Some(n) = t.get("jwt") {
         for (name, value) in r.named(&n, "provider") {
-            declared.push(format!("jwt:{name}"));
-            if let Some(spec) = read_jwt(r, name, &value) {
-                out.jwt.push(spec);
-            }
+            let spec = read_jwt(r, name, &value).map(ProviderKind::Jwt);
+            add(&mut out, format!("jwt:{name}"), spec);
         }
     }
     if let Some(n) = t.get("api_keys") {
         for (name, value) in r.named(&n, "provider") {
-            declared.push(format!("api_key:{name}"));
-            if let Some(spec) = read_api_keys(r, name, &value) {
-                out.api_keys.push(spec);
-            }
+            let spec = read_api_keys(r, name, &value).map(ProviderKind::ApiKey);
+            add(&mut out, format!("api_key:{name}"), spec);
         }
     }
     (out, declared)
 }
 
 fn read_jwt(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<JwtSpec> {
-    let t = r.table(node, JWT_KEYS)?;
+    let t = r.table(node)?;
     let before = r.error_count();
 
     let algorithms: Vec<Algorithm> = t
@@ -182,6 +219,18 @@ fn read_jwt(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<JwtSp
             .into_iter()
             .filter_map(|k| t.get(k).map(|n| (k, n)))
             .collect();
+    let mut timing = |key: &'static str, default: Duration| match t.get(key) {
+        None => Some(default),
+        Some(n) if t.get("jwks_url").is_none() => {
+            r.error(&n, format!("{key} applies only with jwks_url"));
+            None
+        }
+        Some(n) => r.duration(&n),
+    };
+    let timing = (
+        timing("jwks_refresh", Duration::from_secs(600)),
+        timing("min_refetch_interval", Duration::from_secs(30)),
+    );
     let keys = match sources.as_slice() {
         [] => {
             r.error_at(
@@ -191,7 +240,7 @@ fn read_jwt(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<JwtSp
             );
             None
         }
-        [(kind, n)] => read_key_source(r, &t, kind, n, &algorithms),
+        [(kind, n)] => read_key_source(r, kind, n, &algorithms, timing),
         [_, (_, second), ..] => {
             r.error(
                 second,
@@ -202,7 +251,7 @@ fn read_jwt(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<JwtSp
     };
 
     let opt_string =
-        |r: &mut Reader<'_>, key: &str| t.get(key).and_then(|n| r.string(&n).map(str::to_string));
+        |r: &mut Reader<'_>, key: &'static str| t.get(key).and_then(|n| r.string(&n).map(str::to_string));
     let issuer = opt_string(r, "issuer");
     let audiences = t
         .get("audiences")
@@ -249,12 +298,13 @@ fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+/// Reads the key source `kind` at `n`; `timing` is `(jwks_refresh, min_refetch_interval)`.
 fn read_key_source(
     r: &mut Reader<'_>,
-    t: &super::reader::Table<'_, '_>,
     kind: &str,
     n: &Node<'_, '_>,
     algorithms: &[Algorithm],
+    timing: (Option<Duration>, Option<Duration>),
 ) -> Option<JwtKeys> {
     let hmac = algorithms.first().is_some_and(|a| is_hmac(*a));
     let text = r.string(n)?.to_string();
@@ -288,14 +338,10 @@ fn read_key_source(
                 r.error(n, format!("invalid URL \"{text}\" (http:// or https://)"));
                 return None;
             }
-            let mut duration = |key: &str, default: Duration| match t.get(key) {
-                None => Some(default),
-                Some(n) => r.duration(&n),
-            };
             Some(JwtKeys::JwksUrl {
                 url: text,
-                refresh: duration("jwks_refresh", Duration::from_secs(600))?,
-                min_refetch_interval: duration("min_refetch_interval", Duration::from_secs(30))?,
+                refresh: timing.0?,
+                min_refetch_interval: timing.1?,
             })
         }
         "jwks_file" => {
@@ -368,7 +414,7 @@ pub fn decoding_key_from_pem(
 }
 
 fn read_api_keys(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<ApiKeySpec> {
-    let t = r.table(node, &["keys_file", "header"])?;
+    let t = r.table(node)?;
     let before = r.error_count();
     let header = match t.get("header") {
         None => Some(HeaderName::from_static("x-api-key")),

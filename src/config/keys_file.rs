@@ -67,7 +67,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Vec<ApiKeyRecord>, Vec<ConfigErro
     let root_value = toml::Spanned::new(0..src.len(), toml::de::DeValue::Table(doc.into_inner()));
     let root = Node::root(&root_value);
     let mut out: Vec<ApiKeyRecord> = Vec::new();
-    if let Some(top) = r.table(&root, &["keys"]) {
+    if let Some(top) = r.table(&root) {
         if let Some(items) = top.get("keys").and_then(|n| r.array(&n)) {
             for item in &items {
                 if let Some(rec) = read_record(&mut r, item) {
@@ -94,20 +94,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Vec<ApiKeyRecord>, Vec<ConfigErro
 }
 
 fn read_record(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<ApiKeyRecord> {
-    let t = r.table(
-        n,
-        &[
-            "id",
-            "hash",
-            "consumer",
-            "tier",
-            "scopes",
-            "expires_at",
-            "disabled",
-            "revoked_at",
-            "created_at",
-        ],
-    )?;
+    let t = r.table(n)?;
     let before = r.error_count();
     let id = t
         .require(r, "id")

@@ -1,33 +1,40 @@
-//! Configuration: one TOML file read once into a validated, immutable [`Config`].
+//! Configuration (the bottom layer): one TOML file read once into a validated, immutable
+//! [`Config`] with typed ids ([`ids`]).
 //!
 //! Reading goes through [`reader`], which keeps positions, so that [`load`] reports every
-//! problem at once with file, line:column and key path. Nothing past this module sees a raw
-//! string where a typed value belongs.
+//! problem at once with file, line:column and key path; the keys a table accepts are the keys
+//! its schema module reads. Nothing past this module sees a raw string where a typed value
+//! belongs, and no name is looked up at request time. `Serialize` renders the effective
+//! configuration (secrets redacted) for `GET /admin/config`.
 
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod ids;
 pub mod keys_file;
 pub mod rate_limit;
 mod reader;
-pub mod render;
 pub mod resilience;
 pub mod route;
 pub mod secret;
+mod ser;
 pub mod server;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 pub use admin::{AccessLogSettings, AdminSettings};
-pub use auth::{ApiKeySpec, AuthSettings, JwtKeys, JwtSpec};
+pub use auth::{ApiKeySpec, AuthSettings, JwtKeys, JwtSpec, ProviderKind, ProviderSpec};
 pub use error::{ConfigError, ConfigErrors};
+pub use ids::{ProviderId, Ref, RouteId, TierId, UpstreamId};
 pub use keys_file::ApiKeyRecord;
 pub use rate_limit::{
     LimitKey, OnStoreError, RateLimitSettings, RouteLimit, Store, SyncMode, TierSpec,
 };
 pub use resilience::{BreakerSpec, FailureKind, RetrySpec};
-pub use route::{AuthRef, HostMatch, PathMatch, RouteSpec};
+pub use route::{HostMatch, PathMatch, RouteSpec};
 pub use secret::Secret;
 pub use server::ServerSettings;
 pub use upstream::{
@@ -37,16 +44,18 @@ pub use upstream::{
 use reader::{Node, Reader};
 use toml::de::DeTable;
 
-/// A validated configuration snapshot.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated configuration snapshot. Serialises to the effective configuration with secrets
+/// redacted (`GET /admin/config`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// The file it was read from.
     pub source: PathBuf,
     /// Process-level settings.
     pub server: ServerSettings,
-    /// Upstreams, in file order; names are unique.
+    /// Upstreams, in file order; names are unique. [`UpstreamId`] indexes this list.
     pub upstreams: Vec<UpstreamSpec>,
-    /// Routes, in file order; names are unique and every upstream exists.
+    /// Routes, in file order; names are unique and every reference is resolved.
+    /// [`RouteId`] indexes this list.
     pub routes: Vec<RouteSpec>,
     /// The admin listener; `None` means no admin listener.
     pub admin: Option<AdminSettings>,
@@ -59,21 +68,29 @@ pub struct Config {
 }
 
 impl Config {
-    /// Index of the upstream called `name`.
-    pub fn upstream_index(&self, name: &str) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.name == name)
+    /// The route `id`.
+    pub fn route(&self, id: RouteId) -> &RouteSpec {
+        &self.routes[id.index()]
+    }
+
+    /// The upstream `id`.
+    pub fn upstream(&self, id: UpstreamId) -> &UpstreamSpec {
+        &self.upstreams[id.index()]
+    }
+
+    /// Every route with its id.
+    pub fn route_ids(&self) -> impl Iterator<Item = (RouteId, &RouteSpec)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (RouteId::new(i), r))
+    }
+
+    /// The effective configuration as JSON, secrets redacted.
+    pub fn render(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
     }
 }
-
-const TOP_KEYS: &[&str] = &[
-    "server",
-    "admin",
-    "access_log",
-    "auth",
-    "rate_limit",
-    "upstreams",
-    "routes",
-];
 
 /// Reads and validates the file at `path`. Relative paths inside the file are relative to the
 /// file's directory (a daemonised process's working directory is `/`).
@@ -109,7 +126,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     }
     let root_value = toml::Spanned::new(0..src.len(), toml::de::DeValue::Table(doc.into_inner()));
     let root = Node::root(&root_value);
-    let Some(top) = r.table(&root, TOP_KEYS) else {
+    let Some(top) = r.table(&root) else {
         return Err(ConfigErrors(r.into_errors()));
     };
 
@@ -134,15 +151,21 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let rate_limit = rate_limit::read(&mut r, top.get("rate_limit").as_ref());
     let tiers: Vec<String> = rate_limit.tiers.iter().map(|t| t.name.clone()).collect();
     let mut upstreams = Vec::new();
-    let mut declared = Vec::new();
+    let mut declared_upstreams = Vec::new();
     if let Some(n) = top.get("upstreams") {
         for (name, value) in r.named(&n, "upstream") {
-            declared.push(name);
-            if let Some(u) = upstream::read(&mut r, name, &value) {
+            let id = upstream::read(&mut r, name, &value).map(|u| {
                 upstreams.push(u);
-            }
+                UpstreamId::new(upstreams.len() - 1)
+            });
+            declared_upstreams.push((name, id));
         }
     }
+    let declared = route::Declared {
+        upstreams: &declared_upstreams,
+        providers: &providers,
+        tiers: &tiers,
+    };
 
     let mut routes: Vec<RouteSpec> = Vec::new();
     if let Some(n) = top.get("routes") {
@@ -153,7 +176,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
                     .map(item)
                     .and_then(|t| t.get("name"))
                     .and_then(|n| n.value().as_str().map(|s| (s.to_string(), n)));
-                let route = route::read(&mut r, item, &declared, &providers, &tiers);
+                let route = route::read(&mut r, item, &declared);
                 if let Some((name, node)) = name {
                     if seen.contains(&name) {
                         r.error(&node, format!("duplicate route name \"{name}\""));

@@ -5,15 +5,19 @@
 use std::time::Duration;
 
 use http::HeaderName;
+use serde::Serialize;
 
+use super::ids::{Ref, TierId};
 use super::reader::{Node, Reader};
+use super::ser;
 
 /// Validated rate limiting settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RateLimitSettings {
     /// Where counters live.
     pub store: Store,
     /// Budget of one store call on the request path.
+    #[serde(serialize_with = "ser::duration")]
     pub redis_timeout: Duration,
     /// What to do when the store fails.
     pub on_store_error: OnStoreError,
@@ -26,9 +30,17 @@ pub struct RateLimitSettings {
     /// Batched sync: tokens reserved per Redis call; `None` means max(10, rps / 10).
     pub batch_size: Option<u32>,
     /// Batched sync: how long an instance may keep a reservation before returning the rest.
+    #[serde(serialize_with = "ser::duration")]
     pub lease: Duration,
-    /// The tiers, in file order.
+    /// The tiers, in file order; [`TierId`] indexes this list.
     pub tiers: Vec<TierSpec>,
+}
+
+impl RateLimitSettings {
+    /// The tier `id`.
+    pub fn tier(&self, id: TierId) -> &TierSpec {
+        &self.tiers[id.index()]
+    }
 }
 
 impl Default for RateLimitSettings {
@@ -47,19 +59,21 @@ impl Default for RateLimitSettings {
     }
 }
 
-/// Counter storage.
-#[derive(Debug, Clone, PartialEq)]
+/// Counter storage. Rendered with passwords in URLs redacted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Store {
     /// In this process only.
     Local,
     /// One Redis server (`redis://` URL).
-    Redis(String),
+    Redis(#[serde(serialize_with = "ser::url")] String),
     /// A Redis Cluster (seed node URLs).
-    RedisCluster(Vec<String>),
+    RedisCluster(#[serde(serialize_with = "ser::urls")] Vec<String>),
 }
 
 /// Failure policy for the shared store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnStoreError {
     /// Enforce the same tier per instance from local state.
     LocalFallback,
@@ -70,7 +84,8 @@ pub enum OnStoreError {
 }
 
 /// How instances share limits through Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SyncMode {
     /// One atomic Redis call per request.
     Exact,
@@ -79,7 +94,7 @@ pub enum SyncMode {
 }
 
 /// A validated tier.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TierSpec {
     /// Tier name (matches API key records and the JWT tier claim).
     pub name: String,
@@ -96,44 +111,31 @@ pub struct TierSpec {
 }
 
 /// What a route's limit is keyed on.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LimitKey {
     /// The authenticated consumer.
     Consumer,
     /// The client IP (see `trusted_proxies`).
     ClientIp,
     /// A request header; requests without it are keyed on the client IP.
-    Header(HeaderName),
+    Header(#[serde(serialize_with = "ser::header_name")] HeaderName),
 }
 
 /// A route's rate limit.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteLimit {
     /// What the bucket is keyed on.
     pub key: LimitKey,
     /// Tier used when the identity names none (or an unknown one).
-    pub default_tier: String,
+    pub default_tier: Ref<TierId>,
 }
-
-const KEYS: &[&str] = &[
-    "store",
-    "redis_url",
-    "redis_cluster",
-    "redis_timeout",
-    "on_store_error",
-    "sync",
-    "key_prefix",
-    "max_keys",
-    "batch_size",
-    "lease",
-    "tiers",
-];
 
 /// Reads `[rate_limit]`.
 pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> RateLimitSettings {
     let mut s = RateLimitSettings::default();
     let Some(node) = node else { return s };
-    let Some(t) = r.table(node, KEYS) else {
+    let Some(t) = r.table(node) else {
         return s;
     };
     let store_kind = match t.get("store") {
@@ -266,16 +268,7 @@ pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> RateLimitSetting
 }
 
 fn read_tier(r: &mut Reader<'_>, name: &str, n: &Node<'_, '_>) -> Option<TierSpec> {
-    let t = r.table(
-        n,
-        &[
-            "rps",
-            "burst",
-            "daily_quota",
-            "monthly_quota",
-            "upgrade_url",
-        ],
-    )?;
+    let t = r.table(n)?;
     let before = r.error_count();
     let rps = t.require(r, "rps").and_then(|n| match n.value() {
         toml::de::DeValue::Float(f) => match f.as_str().replace('_', "").parse::<f64>() {
@@ -291,7 +284,7 @@ fn read_tier(r: &mut Reader<'_>, name: &str, n: &Node<'_, '_>) -> Option<TierSpe
         .require(r, "burst")
         .and_then(|n| r.integer(&n, 1, 100_000_000))
         .map(|v| v as u32);
-    let quota = |r: &mut Reader<'_>, key: &str| {
+    let quota = |r: &mut Reader<'_>, key: &'static str| {
         t.get(key)
             .and_then(|n| r.integer(&n, 1, i64::MAX))
             .map(|v| v as u64)
@@ -322,7 +315,7 @@ pub fn read_route_limit(
     tiers: &[String],
     has_auth: bool,
 ) -> Option<RouteLimit> {
-    let t = r.table(n, &["key", "default_tier"])?;
+    let t = r.table(n)?;
     let before = r.error_count();
     let key = match t.get("key") {
         None => Some(if has_auth {
@@ -355,11 +348,13 @@ pub fn read_route_limit(
     };
     let default_tier = t.require(r, "default_tier").and_then(|d| {
         let name = r.string(&d)?;
-        if !tiers.iter().any(|x| x == name) {
-            r.error(&d, format!("unknown tier \"{name}\""));
-            return None;
+        match tiers.iter().position(|x| x == name) {
+            Some(i) => Some(Ref::new(TierId::new(i), name)),
+            None => {
+                r.error(&d, format!("unknown tier \"{name}\""));
+                None
+            }
         }
-        Some(name.to_string())
     });
     if r.error_count() > before {
         return None;

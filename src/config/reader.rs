@@ -1,9 +1,17 @@
 //! A position-keeping reader over a parsed TOML document. `serde` stops at the first error; an
 //! operator wants every problem at once, so the schema modules walk the spanned tree through
 //! this reader, which records each problem with its key path and line:column and carries on.
+//!
+//! The accepted keys of a table are exactly the keys the schema asks for: [`Table::get`]
+//! records every name it is asked, and when reading ends every key of the file that no schema
+//! code asked for is reported as unknown (listing the ones that were asked). So a key can never
+//! be accepted and silently ignored. Schema code therefore asks for every key of a table it
+//! knows, also when another key of the table is invalid.
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
@@ -26,13 +34,23 @@ pub struct Reader<'s> {
     errors: Vec<(usize, ConfigError)>,
     /// Problems found in other files this one refers to (e.g. a keys file).
     foreign: Vec<ConfigError>,
+    /// Schema tables read so far, checked for keys nobody asked for at the end.
+    tracked: Vec<Tracked>,
 }
 
-/// A table whose keys have been checked against the schema; fields are fetched by name.
+/// The keys of one schema table and the names the schema asked it for.
+struct Tracked {
+    present: Vec<(String, Range<usize>, String)>,
+    asked: Rc<RefCell<Vec<&'static str>>>,
+}
+
+/// A table read by a schema; fields are fetched by name, and every name fetched becomes an
+/// accepted key of the table.
 pub struct Table<'a, 'i> {
     map: &'a DeTable<'i>,
     span: Range<usize>,
     path: String,
+    asked: Option<Rc<RefCell<Vec<&'static str>>>>,
 }
 
 impl<'a, 'i> Node<'a, 'i> {
@@ -68,6 +86,7 @@ impl<'s> Reader<'s> {
             src,
             errors: Vec::new(),
             foreign: Vec::new(),
+            tracked: Vec::new(),
         }
     }
 
@@ -115,39 +134,51 @@ impl<'s> Reader<'s> {
         self.errors.len() + self.foreign.len()
     }
 
-    /// The problems found, in file order.
+    /// The problems found, in file order, unknown keys included.
     pub fn into_errors(mut self) -> Vec<ConfigError> {
+        for t in std::mem::take(&mut self.tracked) {
+            let asked = t.asked.borrow();
+            for (key, span, path) in &t.present {
+                if asked.iter().any(|a| a == key) {
+                    continue;
+                }
+                let hint = if asked.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (expected one of: {})", asked.join(", "))
+                };
+                self.error_at(span.clone(), path, format!("unknown key \"{key}\"{hint}"));
+            }
+        }
         self.errors.sort_by_key(|(offset, _)| *offset);
         let mut out: Vec<ConfigError> = self.errors.into_iter().map(|(_, e)| e).collect();
         out.extend(self.foreign);
         out
     }
 
-    /// Reads `node` as a table whose keys must all be in `known`; reports each unknown key.
-    pub fn table<'a, 'i>(&mut self, node: &Node<'a, 'i>, known: &[&str]) -> Option<Table<'a, 'i>> {
+    /// Reads `node` as a schema table: its accepted keys are the ones the schema asks for
+    /// (see the module documentation); any other key is reported when reading ends.
+    pub fn table<'a, 'i>(&mut self, node: &Node<'a, 'i>) -> Option<Table<'a, 'i>> {
         let DeValue::Table(map) = node.value() else {
             self.type_error(node, "a table");
             return None;
         };
-        for key in map.keys() {
-            if !known.contains(&key.get_ref().as_ref()) {
-                let path = join(&node.path, key.get_ref());
-                let hint = if known.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (expected one of: {})", known.join(", "))
-                };
-                self.error_at(
-                    key.span(),
-                    &path,
-                    format!("unknown key \"{}\"{hint}", key.get_ref()),
-                );
-            }
-        }
+        let asked = Rc::new(RefCell::new(Vec::new()));
+        self.tracked.push(Tracked {
+            present: map
+                .keys()
+                .map(|k| {
+                    let key: &str = k.get_ref();
+                    (key.to_string(), k.span(), join(&node.path, key))
+                })
+                .collect(),
+            asked: Rc::clone(&asked),
+        });
         Some(Table {
             map,
             span: node.span(),
             path: node.path.clone(),
+            asked: Some(asked),
         })
     }
 
@@ -161,6 +192,7 @@ impl<'s> Reader<'s> {
             map,
             span: node.span(),
             path: node.path.clone(),
+            asked: None,
         })
     }
 
@@ -310,8 +342,14 @@ impl<'s> Reader<'s> {
 }
 
 impl<'a, 'i> Table<'a, 'i> {
-    /// The field `key`, if present.
-    pub fn get(&self, key: &str) -> Option<Node<'a, 'i>> {
+    /// The field `key`, if present. Asking makes `key` an accepted key of this table.
+    pub fn get(&self, key: &'static str) -> Option<Node<'a, 'i>> {
+        if let Some(asked) = &self.asked {
+            let mut asked = asked.borrow_mut();
+            if !asked.contains(&key) {
+                asked.push(key);
+            }
+        }
         let (_, value) = self.map.iter().find(|(k, _)| k.get_ref().as_ref() == key)?;
         Some(Node {
             value,
@@ -320,7 +358,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// The field `key`; reports it missing when absent.
-    pub fn require(&self, r: &mut Reader<'_>, key: &str) -> Option<Node<'a, 'i>> {
+    pub fn require(&self, r: &mut Reader<'_>, key: &'static str) -> Option<Node<'a, 'i>> {
         let found = self.get(key);
         if found.is_none() {
             r.error_at(

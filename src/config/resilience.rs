@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use http::Method;
+use serde::Serialize;
 
 use super::reader::{Node, Reader};
+use super::ser;
 
 /// What counts as a failure for a circuit breaker, or as retryable for retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FailureKind {
     /// The connection could not be made (nothing was sent).
     Connect,
@@ -17,11 +20,12 @@ pub enum FailureKind {
     /// The connection was reset or closed mid-exchange.
     Reset,
     /// The upstream answered 5xx.
+    #[serde(rename = "5xx")]
     Status5xx,
 }
 
 /// A validated circuit breaker.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BreakerSpec {
     /// Open after this many consecutive failures.
     pub consecutive_failures: u32,
@@ -30,8 +34,10 @@ pub struct BreakerSpec {
     /// ... with at least this many requests in the window.
     pub min_requests: u32,
     /// The ratio window.
+    #[serde(serialize_with = "ser::duration")]
     pub window: Duration,
     /// How long an open breaker stays open before half-opening.
+    #[serde(serialize_with = "ser::duration")]
     pub open_for: Duration,
     /// Concurrent trial requests while half-open; all must succeed to close.
     pub half_open_probes: u32,
@@ -40,15 +46,17 @@ pub struct BreakerSpec {
 }
 
 /// A validated retry policy.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetrySpec {
     /// Extra attempts after the first.
     pub attempts: u32,
     /// Error kinds that are retried.
     pub on: Vec<FailureKind>,
     /// Methods retried after bytes may have reached the upstream (idempotent only).
+    #[serde(serialize_with = "ser::methods")]
     pub methods: Vec<Method>,
     /// Base of the exponential backoff (with jitter).
+    #[serde(serialize_with = "ser::duration")]
     pub backoff: Duration,
     /// Retries may add at most this share to the upstream's request rate ...
     pub budget_ratio: f64,
@@ -99,20 +107,9 @@ fn kinds(r: &mut Reader<'_>, n: &Node<'_, '_>, allowed: &[&str]) -> Option<Vec<F
 
 /// Reads `[circuit_breaker]`.
 pub fn read_breaker(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<BreakerSpec> {
-    let t = r.table(
-        n,
-        &[
-            "consecutive_failures",
-            "failure_ratio",
-            "min_requests",
-            "window",
-            "open_for",
-            "half_open_probes",
-            "failure_on",
-        ],
-    )?;
+    let t = r.table(n)?;
     let before = r.error_count();
-    let int = |r: &mut Reader<'_>, key: &str, default: u32, max: i64| match t.get(key) {
+    let int = |r: &mut Reader<'_>, key: &'static str, default: u32, max: i64| match t.get(key) {
         None => Some(default),
         Some(n) => r.integer(&n, 1, max).map(|v| v as u32),
     };
@@ -136,7 +133,7 @@ pub fn read_breaker(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<BreakerSpec>
             }
         },
     };
-    let duration = |r: &mut Reader<'_>, key: &str, default: Duration| match t.get(key) {
+    let duration = |r: &mut Reader<'_>, key: &'static str, default: Duration| match t.get(key) {
         None => Some(default),
         Some(n) => r.duration(&n),
     };
@@ -166,17 +163,7 @@ pub fn read_breaker(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<BreakerSpec>
 
 /// Reads `[retry]`.
 pub fn read_retry(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<RetrySpec> {
-    let t = r.table(
-        n,
-        &[
-            "attempts",
-            "on",
-            "methods",
-            "backoff",
-            "budget_ratio",
-            "min_retries_per_sec",
-        ],
-    )?;
+    let t = r.table(n)?;
     let before = r.error_count();
     let attempts = match t.get("attempts") {
         None => Some(2),

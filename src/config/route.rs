@@ -2,8 +2,11 @@
 
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
+use serde::{Serialize, Serializer};
 
+use super::ids::{ProviderId, Ref, UpstreamId};
 use super::reader::{Node, Reader};
+use super::ser;
 
 /// How a route matches the request host.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,14 +18,26 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
-/// How a route matches the request path.
-#[derive(Debug, Clone)]
+impl Serialize for HostMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HostMatch::Exact(h) => s.serialize_str(h),
+            HostMatch::Wildcard(suffix) => s.collect_str(&format_args!("*{suffix}")),
+        }
+    }
+}
+
+/// How a route matches the request path (rendered under the key it was written with).
+#[derive(Debug, Clone, Serialize)]
 pub enum PathMatch {
     /// The whole path equals this.
+    #[serde(rename = "path_exact")]
     Exact(String),
     /// The path equals this or continues it at a `/` boundary.
+    #[serde(rename = "path_prefix")]
     Prefix(String),
     /// The regex matches the path (unanchored unless the pattern anchors itself).
+    #[serde(rename = "path_regex", serialize_with = "ser::regex")]
     Regex(Regex),
 }
 
@@ -38,26 +53,30 @@ impl PartialEq for PathMatch {
 }
 
 /// A validated route.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteSpec {
     /// Unique name, used in metrics and logs.
     pub name: String,
     /// Host matcher; `None` matches any host.
     pub host: Option<HostMatch>,
     /// Path matcher.
+    #[serde(flatten)]
     pub path: PathMatch,
     /// Allowed methods; `None` allows all.
+    #[serde(serialize_with = "ser::opt_methods")]
     pub methods: Option<Vec<Method>>,
     /// Headers that must be present with exactly these values.
+    #[serde(serialize_with = "ser::headers")]
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Name of the upstream (checked to exist).
-    pub upstream: String,
+    /// The upstream.
+    pub upstream: Ref<UpstreamId>,
     /// Removed from the front of the path before forwarding.
     pub strip_prefix: Option<String>,
     /// Higher wins among matching routes.
     pub priority: i32,
-    /// Accepted authentication providers; any one suffices. Empty: a public route.
-    pub auth: Vec<AuthRef>,
+    /// Accepted authentication providers (named `jwt:NAME` / `api_key:NAME`); any one
+    /// suffices. Empty: a public route.
+    pub auth: Vec<Ref<ProviderId>>,
     /// The identity must hold at least one of these roles (when not empty).
     pub require_roles: Vec<String>,
     /// The identity must hold all of these scopes.
@@ -67,18 +86,10 @@ pub struct RouteSpec {
     /// Rate limit, if any.
     pub rate_limit: Option<super::rate_limit::RouteLimit>,
     /// Deadline to response headers across attempts (504 when exceeded).
+    #[serde(serialize_with = "ser::opt_duration")]
     pub timeout: Option<std::time::Duration>,
     /// Scale this route's rate limits by the upstream's health.
     pub adaptive_limit: bool,
-}
-
-/// A reference to an authentication provider.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthRef {
-    /// `jwt:NAME`
-    Jwt(String),
-    /// `api_key:NAME`
-    ApiKey(String),
 }
 
 /// Methods a route may list. Extension methods are not routable by name.
@@ -86,35 +97,20 @@ pub const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
 ];
 
-const KEYS: &[&str] = &[
-    "name",
-    "host",
-    "path_exact",
-    "path_prefix",
-    "path_regex",
-    "methods",
-    "headers",
-    "upstream",
-    "strip_prefix",
-    "priority",
-    "auth",
-    "require_roles",
-    "require_scopes",
-    "hide_credentials",
-    "rate_limit",
-    "timeout",
-    "adaptive_limit",
-];
+/// What a route may refer to: the declared names, each with its id when its declaration is
+/// valid (an invalid declaration was reported already and is not reported again here).
+pub struct Declared<'a> {
+    /// Upstream names.
+    pub upstreams: &'a [(&'a str, Option<UpstreamId>)],
+    /// Provider labels (`jwt:NAME`, `api_key:NAME`).
+    pub providers: &'a [(String, Option<ProviderId>)],
+    /// Valid tier names, in [`TierId`](super::TierId) order.
+    pub tiers: &'a [String],
+}
 
-/// Reads one route; `upstreams` lists the declared upstream names (for the existence check).
-pub fn read(
-    r: &mut Reader<'_>,
-    node: &Node<'_, '_>,
-    upstreams: &[&str],
-    providers: &[String],
-    tiers: &[String],
-) -> Option<RouteSpec> {
-    let t = r.table(node, KEYS)?;
+/// Reads one route, resolving the names it refers to against `declared`.
+pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) -> Option<RouteSpec> {
+    let t = r.table(node)?;
     let errors_before = r.error_count();
 
     let name = t.require(r, "name").and_then(|n| {
@@ -207,11 +203,13 @@ pub fn read(
 
     let upstream = t.require(r, "upstream").and_then(|n| {
         let v = r.string(&n)?;
-        if !upstreams.contains(&v) {
-            r.error(&n, format!("unknown upstream \"{v}\""));
-            return None;
+        match declared.upstreams.iter().find(|(name, _)| *name == v) {
+            Some((_, id)) => id.map(|id| Ref::new(id, v)),
+            None => {
+                r.error(&n, format!("unknown upstream \"{v}\""));
+                None
+            }
         }
-        Some(v.to_string())
     });
 
     let strip_prefix = t.get("strip_prefix").and_then(|n| {
@@ -234,28 +232,25 @@ pub fn read(
     if let Some(n) = t.get("auth") {
         if let Some(items) = r.strings(&n) {
             for (text, span, path) in items {
-                let parsed = if let Some(name) = text.strip_prefix("jwt:") {
-                    Some(AuthRef::Jwt(name.to_string()))
-                } else {
-                    text.strip_prefix("api_key:")
-                        .map(|name| AuthRef::ApiKey(name.to_string()))
-                };
-                match parsed {
-                    None => r.error_at(
+                if !text.starts_with("jwt:") && !text.starts_with("api_key:") {
+                    r.error_at(
                         span,
                         &path,
                         format!("invalid auth \"{text}\" (expected jwt:NAME or api_key:NAME)"),
-                    ),
-                    Some(_) if !providers.iter().any(|p| p == text) => {
-                        r.error_at(span, &path, format!("unknown auth provider \"{text}\""))
+                    );
+                    continue;
+                }
+                match declared.providers.iter().find(|(label, _)| label == text) {
+                    None => r.error_at(span, &path, format!("unknown auth provider \"{text}\"")),
+                    Some((_, Some(id))) if !auth.iter().any(|a: &Ref<ProviderId>| a.id == *id) => {
+                        auth.push(Ref::new(*id, text))
                     }
-                    Some(a) if !auth.contains(&a) => auth.push(a),
                     Some(_) => {}
                 }
             }
         }
     }
-    let list = |r: &mut Reader<'_>, key: &str| -> Vec<String> {
+    let list = |r: &mut Reader<'_>, key: &'static str| -> Vec<String> {
         t.get(key)
             .and_then(|n| r.strings(&n))
             .map(|v| v.into_iter().map(|(s, _, _)| s.to_string()).collect())
@@ -286,9 +281,9 @@ pub fn read(
             "adaptive_limit needs rate_limit on the route",
         );
     }
-    let rate_limit = t
-        .get("rate_limit")
-        .and_then(|n| super::rate_limit::read_route_limit(r, &n, tiers, t.get("auth").is_some()));
+    let rate_limit = t.get("rate_limit").and_then(|n| {
+        super::rate_limit::read_route_limit(r, &n, declared.tiers, t.get("auth").is_some())
+    });
 
     if r.error_count() > errors_before {
         return None;

@@ -1,4 +1,4 @@
-//! Secrets read from the environment: never printed, compared in constant time.
+//! Secrets read from the environment: never printed or serialised, compared in constant time.
 
 use std::fmt;
 
@@ -28,6 +28,12 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
     }
 }
 

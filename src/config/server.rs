@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Serialize;
 
 use super::reader::{Node, Reader};
+use super::ser;
 
 /// Validated process-level settings. Changing any of these needs a restart or upgrade.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerSettings {
     /// Addresses of the HTTP listeners (HTTP/1.1 and h2c).
     pub listen: Vec<SocketAddr>,
@@ -20,8 +22,10 @@ pub struct ServerSettings {
     /// Unix socket through which listeners are handed to a new process on upgrade.
     pub upgrade_sock: PathBuf,
     /// How long a process told to stop keeps serving in-flight requests.
+    #[serde(serialize_with = "ser::duration")]
     pub grace_period: Duration,
     /// After the grace period, how long remaining tasks get before they are cancelled.
+    #[serde(serialize_with = "ser::duration")]
     pub graceful_shutdown_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -41,21 +45,11 @@ impl Default for ServerSettings {
     }
 }
 
-const KEYS: &[&str] = &[
-    "listen",
-    "threads",
-    "pid_file",
-    "upgrade_sock",
-    "grace_period",
-    "graceful_shutdown_timeout",
-    "trusted_proxies",
-];
-
 /// Reads `[server]`; absent keys keep their defaults.
 pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> ServerSettings {
     let mut s = ServerSettings::default();
     let Some(node) = node else { return s };
-    let Some(t) = r.table(node, KEYS) else {
+    let Some(t) = r.table(node) else {
         return s;
     };
 

@@ -5,22 +5,27 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use http::HeaderName;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 use super::reader::{Node, Reader};
+use super::ser;
 
 /// Largest accepted backend weight; keeps the smooth round-robin schedule small.
 pub const MAX_WEIGHT: u32 = 1000;
 
 /// A validated upstream: a named pool of backends.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamSpec {
     /// Name used by routes, metrics and logs.
     pub name: String,
-    /// How a backend is chosen for each request.
+    /// How a backend is chosen for each request (rendered as `balance` and `hash_key`).
+    #[serde(flatten)]
     pub balance: Balance,
     /// The pool, in declaration order; addresses are unique.
     pub backends: Vec<BackendSpec>,
     /// Per-attempt timeouts towards the backends.
+    #[serde(flatten)]
     pub timeouts: Timeouts,
     /// Active health checking; `None` means every backend counts as healthy.
     pub health_check: Option<HealthCheckSpec>,
@@ -43,6 +48,20 @@ pub enum Balance {
     ConsistentHash(HashKey),
 }
 
+impl Serialize for Balance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (name, key) = match self {
+            Balance::RoundRobin => ("round_robin", None),
+            Balance::LeastConn => ("least_conn", None),
+            Balance::ConsistentHash(k) => ("consistent_hash", Some(k.to_string())),
+        };
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("balance", name)?;
+        map.serialize_entry("hash_key", &key)?;
+        map.end()
+    }
+}
+
 /// The request property a consistent hash is computed on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HashKey {
@@ -56,8 +75,19 @@ pub enum HashKey {
     Path,
 }
 
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::Header(h) => write!(f, "header:{h}"),
+            HashKey::Cookie(c) => write!(f, "cookie:{c}"),
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Path => f.write_str("path"),
+        }
+    }
+}
+
 /// One backend of a pool.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BackendSpec {
     /// Resolved socket address.
     pub addr: SocketAddr,
@@ -66,15 +96,19 @@ pub struct BackendSpec {
 }
 
 /// Timeouts towards the upstream, applied to every attempt.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Timeouts {
     /// TCP connect.
+    #[serde(rename = "connect_timeout", serialize_with = "ser::duration")]
     pub connect: Duration,
     /// Each read from the upstream; expiry answers 504.
+    #[serde(rename = "read_timeout", serialize_with = "ser::duration")]
     pub read: Duration,
     /// Each write to the upstream.
+    #[serde(rename = "write_timeout", serialize_with = "ser::duration")]
     pub write: Duration,
     /// How long a pooled keep-alive connection may stay idle.
+    #[serde(rename = "idle_timeout", serialize_with = "ser::duration")]
     pub idle: Duration,
 }
 
@@ -90,7 +124,8 @@ impl Default for Timeouts {
 }
 
 /// What an active health check does.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum HealthCheckKind {
     /// `GET path` must answer 200.
     Http {
@@ -104,13 +139,16 @@ pub enum HealthCheckKind {
 }
 
 /// Active health check settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthCheckSpec {
     /// HTTP or TCP.
+    #[serde(flatten)]
     pub kind: HealthCheckKind,
     /// Time between checks of one backend.
+    #[serde(serialize_with = "ser::duration")]
     pub interval: Duration,
     /// Budget for one check.
+    #[serde(serialize_with = "ser::duration")]
     pub timeout: Duration,
     /// Consecutive successes that bring an unhealthy backend back.
     pub healthy_threshold: u32,
@@ -118,35 +156,11 @@ pub struct HealthCheckSpec {
     pub unhealthy_threshold: u32,
 }
 
-const KEYS: &[&str] = &[
-    "balance",
-    "hash_key",
-    "backends",
-    "connect_timeout",
-    "read_timeout",
-    "write_timeout",
-    "idle_timeout",
-    "health_check",
-    "max_inflight",
-    "circuit_breaker",
-    "retry",
-];
-const BACKEND_KEYS: &[&str] = &["addr", "weight"];
-const HEALTH_KEYS: &[&str] = &[
-    "type",
-    "path",
-    "host",
-    "interval",
-    "timeout",
-    "healthy_threshold",
-    "unhealthy_threshold",
-];
-
 pub use super::reader::valid_name;
 
 /// Reads one upstream table named `name`.
 pub fn read(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<UpstreamSpec> {
-    let t = r.table(node, KEYS)?;
+    let t = r.table(node)?;
     let errors_before = r.error_count();
     let mut ok = true;
 
@@ -281,7 +295,7 @@ fn read_hash_key(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HashKey> {
 }
 
 fn read_backend(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<BackendSpec> {
-    let t = r.table(n, BACKEND_KEYS)?;
+    let t = r.table(n)?;
     let addr_node = t.require(r, "addr");
     let addr = addr_node.as_ref().and_then(|a| {
         let text = r.string(a)?;
@@ -317,7 +331,7 @@ fn resolve(text: &str) -> Option<SocketAddr> {
 }
 
 fn read_health(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HealthCheckSpec> {
-    let t = r.table(n, HEALTH_KEYS)?;
+    let t = r.table(n)?;
     let mut ok = true;
     let is_http = match t.get("type") {
         None => true,
@@ -367,13 +381,13 @@ fn read_health(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HealthCheckSpec> 
             None => ok = false,
         }
     }
-    let mut duration = |key: &str, default: Duration| match t.get(key) {
+    let mut duration = |key: &'static str, default: Duration| match t.get(key) {
         None => Some(default),
         Some(n) => r.duration(&n),
     };
     let interval = duration("interval", Duration::from_secs(5));
     let timeout = duration("timeout", Duration::from_secs(1));
-    let mut threshold = |key: &str| match t.get(key) {
+    let mut threshold = |key: &'static str| match t.get(key) {
         None => Some(2),
         Some(n) => r.integer(&n, 1, 100).map(|v| v as u32),
     };

@@ -14,14 +14,15 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 
-use super::ctx::{Refusal, RequestCtx};
-use crate::clock;
-use crate::config::{FailureKind, HashKey};
-use crate::metrics::Metrics;
-use crate::upstream::backend::InflightGuard;
-use crate::upstream::{bit, Unavailable};
 use http::HeaderValue;
 use pingora::http::RequestHeader;
+
+use super::ctx::RequestCtx;
+use crate::clock;
+use crate::config::{FailureKind, HashKey};
+use crate::refusal::Refusal;
+use crate::upstream::backend::InflightGuard;
+use crate::upstream::{bit, Unavailable};
 
 /// Classifies a proxy error by what went wrong with the upstream.
 pub fn classify(e: &Error) -> FailureKind {
@@ -36,19 +37,10 @@ pub fn classify(e: &Error) -> FailureKind {
     }
 }
 
-fn reason(kind: FailureKind) -> &'static str {
-    match kind {
-        FailureKind::Connect => "connect",
-        FailureKind::Timeout => "timeout",
-        FailureKind::Reset => "reset",
-        FailureKind::Status5xx => "5xx",
-    }
-}
-
 /// Chooses the backend of the next attempt and returns its peer, timeouts capped by the
 /// remaining route deadline. Refuses (503/504) without touching the upstream when it must.
 pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-    let Some(route) = ctx.route else {
+    let Some(route) = ctx.state.route else {
         return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
     };
     let snapshot = std::sync::Arc::clone(&ctx.snapshot);
@@ -56,19 +48,11 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
     let spec = cluster.spec();
     if ctx.attempts == 0 {
         cluster.state.traffic.request(clock::unix_secs());
-        ctx.deadline = snapshot.config().routes[route]
-            .timeout
-            .map(|t| ctx.started + t);
+        ctx.deadline = snapshot.config().route(route).timeout.map(|t| ctx.started + t);
         if spec.max_inflight > 0 {
             match cluster.state.try_slot(spec.max_inflight) {
                 Some(slot) => ctx.slot = Some(slot),
-                None => {
-                    ctx.refusal = Some(Refusal::Overloaded);
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(503),
-                        "upstream at max_inflight",
-                    );
-                }
+                None => return Err(Refusal::Overloaded.into_error()),
             }
         }
         if spec.retry.is_some() {
@@ -85,22 +69,18 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
         .deadline
         .map(|d| d.saturating_duration_since(Instant::now()));
     if remaining.is_some_and(|r| r.is_zero()) {
-        ctx.refusal = Some(Refusal::DeadlineExceeded);
-        return Error::e_explain(ErrorType::HTTPStatus(504), "route deadline passed");
+        return Err(Refusal::DeadlineExceeded.into_error());
     }
     let mut ip_buf = [0u8; 16];
     let key = cluster
         .hash_key()
-        .and_then(|k| hash_key(k, session.req_header(), ctx.client_ip, &mut ip_buf));
+        .and_then(|k| hash_key(k, session.req_header(), ctx.state.client_ip, &mut ip_buf));
     let (i, permit) = match cluster.pick(key, ctx.tried, clock::now_ms()) {
         Ok(choice) => choice,
-        Err(Unavailable::NoHealthy) => {
-            ctx.refusal = Some(Refusal::NoHealthyBackend);
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend");
-        }
+        Err(Unavailable::NoHealthy) => return Err(Refusal::NoHealthyBackend.into_error()),
         Err(Unavailable::CircuitOpen(ms)) => {
-            ctx.refusal = Some(Refusal::CircuitOpen(ms.div_ceil(1000).max(1)));
-            return Error::e_explain(ErrorType::HTTPStatus(503), "every circuit is open");
+            let retry_after = ms.div_ceil(1000).max(1);
+            return Err(Refusal::CircuitOpen { retry_after }.into_error());
         }
     };
     let member = &cluster.members()[i];
@@ -135,7 +115,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 /// Records the outcome of the current attempt (once): the breaker and the traffic window.
 pub fn record(ctx: &mut RequestCtx, failure: Option<FailureKind>) {
-    let (Some(route), Some(i)) = (ctx.route, ctx.backend) else {
+    let (Some(route), Some(i)) = (ctx.state.route, ctx.backend) else {
         return;
     };
     let cluster = ctx.snapshot.cluster_of(route);
@@ -149,7 +129,8 @@ pub fn record(ctx: &mut RequestCtx, failure: Option<FailureKind>) {
 
 /// Gives back an unrecorded breaker permit (the request ended without an outcome).
 pub fn finish(ctx: &mut RequestCtx) {
-    if let (Some(route), Some(i), Some(permit)) = (ctx.route, ctx.backend, ctx.permit.take()) {
+    if let (Some(route), Some(i), Some(permit)) = (ctx.state.route, ctx.backend, ctx.permit.take())
+    {
         ctx.snapshot.cluster_of(route).members()[i]
             .state
             .breaker
@@ -163,14 +144,10 @@ fn deadline_left(ctx: &RequestCtx) -> bool {
 
 /// A connection could not be made: nothing was sent, so any method may be retried on
 /// another backend.
-pub fn on_connect_failure(
-    ctx: &mut RequestCtx,
-    metrics: &Metrics,
-    mut e: Box<Error>,
-) -> Box<Error> {
+pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     let kind = classify(&e);
     record(ctx, Some(kind));
-    let retry = match ctx.route {
+    let retry = match ctx.state.route {
         Some(route) => {
             let cluster = ctx.snapshot.cluster_of(route);
             match &cluster.spec().retry {
@@ -180,7 +157,7 @@ pub fn on_connect_failure(
                     (spec.on.contains(&kind) || kind == FailureKind::Connect)
                         && ctx.attempts <= spec.attempts
                         && deadline_left(ctx)
-                        && spend_budget(ctx, metrics, kind)
+                        && spend_budget(ctx, kind)
                 }
             }
         }
@@ -194,7 +171,6 @@ pub fn on_connect_failure(
 pub fn on_proxy_error(
     session: &Session,
     ctx: &mut RequestCtx,
-    metrics: &Metrics,
     mut e: Box<Error>,
     client_reused: bool,
 ) -> Box<Error> {
@@ -210,7 +186,7 @@ pub fn on_proxy_error(
     }
     let kind = classify(&e);
     record(ctx, Some(kind));
-    let retry = ctx.route.is_some_and(|route| {
+    let retry = ctx.state.route.is_some_and(|route| {
         let cluster = ctx.snapshot.cluster_of(route);
         let method = &session.req_header().method;
         cluster.spec().retry.as_ref().is_some_and(|spec| {
@@ -220,22 +196,25 @@ pub fn on_proxy_error(
                 && ctx.attempts <= spec.attempts
                 && deadline_left(ctx)
         })
-    }) && spend_budget(ctx, metrics, kind);
+    }) && spend_budget(ctx, kind);
     e.set_retry(retry);
     e
 }
 
-fn spend_budget(ctx: &RequestCtx, metrics: &Metrics, kind: FailureKind) -> bool {
-    let Some(route) = ctx.route else { return false };
+fn spend_budget(ctx: &RequestCtx, kind: FailureKind) -> bool {
+    let Some(route) = ctx.state.route else {
+        return false;
+    };
     let cluster = ctx.snapshot.cluster_of(route);
     let Some(spec) = &cluster.spec().retry else {
         return true;
     };
+    let metrics = ctx.snapshot.upstream_metrics(ctx.snapshot.upstream_of(route));
     if cluster.state.traffic.try_retry(spec, clock::unix_secs()) {
-        metrics.retry(cluster.name(), reason(kind));
+        metrics.retry(kind);
         true
     } else {
-        metrics.retry_budget_exhausted(cluster.name());
+        metrics.retry_budget_exhausted();
         false
     }
 }

@@ -1,40 +1,22 @@
-//! Per-request state carried through the proxy phases.
+//! Per-request state carried through the proxy phases: the snapshot, the policies' state and
+//! the upstream attempts.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::Identity;
 use crate::metrics::ConnectionGuard;
-use crate::request_id::RequestId;
+use crate::policy::RequestState;
 use crate::snapshot::Snapshot;
 use crate::upstream::backend::InflightGuard;
-
-/// Why the gateway itself failed a request, when it did (maps to a status in `respond`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Every backend of the route's upstream is unhealthy or drained (503).
-    NoHealthyBackend,
-    /// Every available backend's circuit is open (503, Retry-After in seconds).
-    CircuitOpen(u64),
-    /// The upstream is at `max_inflight` (503, Retry-After 1).
-    Overloaded,
-    /// The route deadline passed before an attempt could start (504).
-    DeadlineExceeded,
-}
+use crate::upstream::breaker::Permit;
+use crate::upstream::UpstreamSlot;
 
 /// State of one request, from `request_filter` to `logging`.
 pub struct RequestCtx {
     /// The snapshot the whole request uses, loaded once at the start.
     pub snapshot: Arc<Snapshot>,
-    /// The request id echoed to the client and sent upstream.
-    pub request_id: RequestId,
-    /// Index of the matched route in the snapshot's configuration.
-    pub route: Option<usize>,
-    /// The client IP (after trusted-proxy resolution).
-    pub client_ip: Option<IpAddr>,
-    /// Whether the socket peer is a trusted proxy.
-    pub peer_trusted: bool,
+    /// What the policies read and write (request id, route, client, identity, decisions).
+    pub state: RequestState,
     /// Index of the backend of the current attempt.
     pub backend: Option<usize>,
     /// Backends tried so far (bit mask, see `upstream::bit`).
@@ -42,15 +24,13 @@ pub struct RequestCtx {
     /// Upstream attempts started.
     pub attempts: u32,
     /// The current attempt's circuit breaker permit, until its outcome is recorded.
-    pub permit: Option<crate::upstream::breaker::Permit>,
+    pub permit: Option<Permit>,
     /// When the route's deadline (to response headers) passes.
     pub deadline: Option<Instant>,
     /// The request's share of the upstream's `max_inflight`.
-    pub slot: Option<crate::upstream::UpstreamSlot>,
+    pub slot: Option<UpstreamSlot>,
     /// Keeps the current backend's in-flight count; released whenever the context is dropped.
     pub inflight: Option<InflightGuard>,
-    /// Set when the gateway refuses the request itself.
-    pub refusal: Option<Refusal>,
     /// When the request started.
     pub started: Instant,
     /// When the current upstream attempt started.
@@ -61,10 +41,6 @@ pub struct RequestCtx {
     pub failure_status: Option<u16>,
     /// Keeps the downstream connection counted while it is open.
     pub connection: Option<Arc<ConnectionGuard>>,
-    /// The authenticated caller, on protected routes.
-    pub identity: Option<Arc<Identity>>,
-    /// The rate-limit decision, on limited routes.
-    pub ratelimit: Option<crate::ratelimit::Decision>,
 }
 
 impl RequestCtx {
@@ -72,10 +48,7 @@ impl RequestCtx {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
         RequestCtx {
             snapshot,
-            request_id: RequestId::default(),
-            route: None,
-            client_ip: None,
-            peer_trusted: false,
+            state: RequestState::default(),
             backend: None,
             tried: 0,
             attempts: 0,
@@ -83,14 +56,11 @@ impl RequestCtx {
             deadline: None,
             slot: None,
             inflight: None,
-            refusal: None,
             started: Instant::now(),
             upstream_started: None,
             upstream_elapsed: None,
             failure_status: None,
             connection: None,
-            identity: None,
-            ratelimit: None,
         }
     }
 }

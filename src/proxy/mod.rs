@@ -1,12 +1,14 @@
-//! The `ProxyHttp` implementation. It only dispatches: routing, balancing, forwarding headers
-//! and error responses each live in their own module.
+//! The `ProxyHttp` implementation (top layer). It only dispatches: the route's policy
+//! [`Pipeline`](crate::policy::Pipeline) runs in `request_filter`, `upstream_request_filter`,
+//! `response_filter`, `response_body_filter` and `logging`; backend choice and retries are
+//! [`attempt`]; every response the gateway writes itself is [`respond`].
 //!
 //! Phase map: `request_filter` assigns the request id, resolves the client, matches the route
-//! (404/405), authenticates (401/403) and rate limits (429); `upstream_peer`,
+//! (404/405) and runs the pipeline's `on_request` (401/403/429/503); `upstream_peer`,
 //! `fail_to_connect`, `error_while_proxy` and `upstream_response_filter` hand attempts to
-//! [`attempt`]; `upstream_request_filter` rewrites the path and sets forwarding and identity
-//! headers; `fail_to_proxy` maps failures to 502/503/504 JSON answers; `response_filter`
-//! echoes the request id and adds rate-limit headers; `logging` records metrics and the
+//! [`attempt`]; `upstream_request_filter` runs `on_upstream_request` and sets forwarding
+//! headers; `response_filter` echoes the request id and runs `on_response`; `fail_to_proxy`
+//! maps failures to 502/503/504 JSON answers; `logging` records metrics, `on_log` and the
 //! access log.
 
 mod attempt;
@@ -16,9 +18,11 @@ pub mod respond;
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use http::{HeaderValue, Uri};
+use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -26,6 +30,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::access_log::AccessLog;
 use crate::metrics::{ConnectionGuard, Metrics};
+use crate::refusal::Refusal;
 use crate::routing::{RequestView, RouteMatch};
 use crate::snapshot::SnapshotStore;
 use ctx::RequestCtx;
@@ -49,83 +54,6 @@ impl Gateway {
     }
 }
 
-impl Gateway {
-    /// Applies the route's rate limit; answers 429 itself and returns `Ok(true)` when the
-    /// request is refused.
-    async fn rate_limit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: usize,
-    ) -> Result<bool> {
-        let snapshot = Arc::clone(&ctx.snapshot);
-        let limiter = snapshot.ratelimit();
-        let factor = if snapshot.config().routes[route].adaptive_limit {
-            snapshot.cluster_of(route).state.factor()
-        } else {
-            1.0
-        };
-        let Some(decision) = limiter
-            .check(
-                route,
-                ctx.identity.as_deref(),
-                ctx.client_ip,
-                &session.req_header().headers,
-                factor,
-            )
-            .await
-        else {
-            return Ok(false);
-        };
-        if decision.store_unavailable {
-            // on_store_error = allow / deny: there is no state worth reporting in headers.
-            if decision.allowed {
-                return Ok(false);
-            }
-            let message = "service unavailable: rate limit store unavailable";
-            respond::reject_with(session, ctx, 503, message, &[("retry-after", "1")]).await?;
-            return Ok(true);
-        }
-        ctx.ratelimit = Some(decision);
-        if decision.allowed {
-            return Ok(false);
-        }
-        respond::rate_limited(session, ctx, &decision, limiter).await?;
-        Ok(true)
-    }
-
-    /// Runs the route's authentication; answers 401/403 itself and returns `Ok(true)` when the
-    /// request is refused.
-    async fn authenticate(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: usize,
-    ) -> Result<bool> {
-        let snapshot = Arc::clone(&ctx.snapshot);
-        if !snapshot.auth().protects(route) {
-            return Ok(false);
-        }
-        let spec = &snapshot.config().routes[route];
-        let outcome = snapshot
-            .auth()
-            .authenticate(route, spec, &session.req_header().headers)
-            .await;
-        let counters = snapshot.auth_metrics(route);
-        match outcome {
-            Ok(identity) => {
-                counters.record(Some(&identity.method), None);
-                ctx.identity = Some(identity);
-                Ok(false)
-            }
-            Err(denial) => {
-                counters.record(denial.method.as_deref(), Some(denial.reason));
-                respond::deny(session, ctx, &denial).await?;
-                Ok(true)
-            }
-        }
-    }
-}
 
 #[async_trait]
 impl ProxyHttp for Gateway {
@@ -169,8 +97,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let RequestCtx {
+            snapshot, state, ..
+        } = &mut *ctx;
         let req = session.req_header();
-        ctx.request_id = crate::request_id::RequestId::from_client_or_new(
+        state.request_id = crate::request_id::RequestId::from_client_or_new(
             req.headers.get(REQUEST_ID).map(HeaderValue::as_bytes),
         );
         if let Some(peer) = session
@@ -178,35 +109,29 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let trusted = ctx.snapshot.trusted();
-            ctx.peer_trusted = trusted.contains(peer);
-            ctx.client_ip = Some(trusted.client_ip(peer, &req.headers));
+            let trusted = snapshot.trusted();
+            state.peer_trusted = trusted.contains(peer);
+            state.client_ip = Some(trusted.client_ip(peer, &req.headers));
         }
-        let req = session.req_header();
         let view = RequestView {
             method: &req.method,
             host: request_host(req),
             path: req.uri.path(),
             headers: &req.headers,
         };
-        match ctx.snapshot.router().lookup(&view) {
-            RouteMatch::Found(i) => {
-                ctx.route = Some(i);
-                if self.authenticate(session, ctx, i).await? {
-                    return Ok(true);
+        let refusal = match snapshot.router().lookup(&view) {
+            RouteMatch::Found(route) => {
+                state.route = Some(route);
+                match snapshot.pipeline(route).on_request(req, state).await {
+                    Ok(()) => return Ok(false),
+                    Err(refusal) => refusal,
                 }
-                self.rate_limit(session, ctx, i).await
             }
-            RouteMatch::MethodNotAllowed(allowed) => {
-                let allow = allowed.allow_header();
-                respond::reject(session, ctx, 405, &[("allow", &allow)]).await?;
-                Ok(true)
-            }
-            RouteMatch::NotFound => {
-                respond::reject(session, ctx, 404, &[]).await?;
-                Ok(true)
-            }
-        }
+            RouteMatch::MethodNotAllowed(allowed) => Refusal::MethodNotAllowed(allowed),
+            RouteMatch::NotFound => Refusal::NotFound,
+        };
+        respond::refuse(session, ctx, &refusal).await?;
+        Ok(true)
     }
 
     async fn upstream_peer(
@@ -224,7 +149,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        attempt::on_connect_failure(ctx, &self.metrics, e)
+        attempt::on_connect_failure(ctx, e)
     }
 
     fn error_while_proxy(
@@ -236,7 +161,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let e = e.more_context(format!("Peer: {peer}"));
-        attempt::on_proxy_error(session, ctx, &self.metrics, e, client_reused)
+        attempt::on_proxy_error(session, ctx, e, client_reused)
     }
 
     async fn upstream_request_filter(
@@ -245,25 +170,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(route) = ctx.route {
-            if let Some(prefix) = &ctx.snapshot.config().routes[route].strip_prefix {
-                if let Some(uri) = strip_prefix(&upstream_request.uri, prefix) {
-                    upstream_request.set_uri(uri);
-                }
-            }
-        }
-        for name in crate::auth::IDENTITY_HEADERS {
-            upstream_request.remove_header(name);
-        }
-        if let Some(route) = ctx.route {
-            if ctx.snapshot.config().routes[route].hide_credentials {
-                for name in ctx.snapshot.auth().credential_headers(route) {
-                    upstream_request.remove_header(&name);
-                }
-            }
-        }
-        if let Some(id) = &ctx.identity {
-            set_identity_headers(upstream_request, id)?;
+        if let Some(route) = ctx.state.route {
+            ctx.snapshot
+                .pipeline(route)
+                .on_upstream_request(upstream_request, &ctx.state)?;
         }
         crate::forwarding::set_upstream_headers(
             upstream_request,
@@ -271,24 +181,24 @@ impl ProxyHttp for Gateway {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
-            ctx.peer_trusted,
+            ctx.state.peer_trusted,
             request_host(session.req_header()),
         )?;
-        upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_request.insert_header(REQUEST_ID, ctx.state.request_id.as_str())?;
         Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if ctx.upstream_elapsed.is_none() {
             ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         }
         let failure =
-            (_resp.status.as_u16() >= 500).then_some(crate::config::FailureKind::Status5xx);
+            (resp.status.as_u16() >= 500).then_some(crate::config::FailureKind::Status5xx);
         attempt::record(ctx, failure);
         Ok(())
     }
@@ -299,14 +209,29 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-        if let Some(d) = &ctx.ratelimit {
-            crate::ratelimit::headers::apply(resp, d, ctx.snapshot.ratelimit().tier_name(d.tier))?;
+        resp.insert_header(REQUEST_ID, ctx.state.request_id.as_str())?;
+        if let Some(route) = ctx.state.route {
+            ctx.snapshot.pipeline(route).on_response(resp, &ctx.state)?;
         }
         if crate::signals::draining() {
             session.set_keepalive(None);
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(route) = ctx.state.route {
+            ctx.snapshot
+                .pipeline(route)
+                .on_response_body(body, end_of_stream, &mut ctx.state)?;
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -315,12 +240,12 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if ctx.request_id.as_str().is_empty() {
+        if ctx.state.request_id.as_str().is_empty() {
             // Failed before request_filter ran (e.g. malformed request).
-            ctx.request_id = crate::request_id::RequestId::generate();
+            ctx.state.request_id = crate::request_id::RequestId::generate();
         }
-        let status = respond::status_for(e, ctx);
-        respond::fail(session, ctx, status).await;
+        let status = respond::status_for(e);
+        respond::fail(session, ctx, e, status).await;
         ctx.failure_status = Some(status);
         FailToProxy {
             error_code: status,
@@ -346,49 +271,10 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Tells the upstream who the caller is.
-fn set_identity_headers(req: &mut RequestHeader, id: &crate::auth::Identity) -> Result<()> {
-    for (name, value) in &id.headers {
-        req.insert_header(*name, value.clone())?;
-    }
-    Ok(())
-}
-
 /// The request's host: the `Host` header, else the URI authority (HTTP/2).
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
-
-/// The URI with `prefix` removed from the front of its path, query kept. `None` when the path
-/// does not start with the prefix at a segment boundary.
-fn strip_prefix(uri: &Uri, prefix: &str) -> Option<Uri> {
-    let path = uri.path();
-    if !crate::routing::prefix_matches(prefix, path) {
-        return None;
-    }
-    let rest = &path[prefix.len()..];
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let rewritten = match uri.query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_string(),
-    };
-    Uri::try_from(rewritten).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strip_prefix_keeps_the_query() {
-        let uri: Uri = "/api/v1/users/7?x=1&y=2".parse().unwrap();
-        assert_eq!(strip_prefix(&uri, "/api/v1").unwrap(), "/users/7?x=1&y=2");
-        let uri: Uri = "/api/v1?q".parse().unwrap();
-        assert_eq!(strip_prefix(&uri, "/api/v1").unwrap(), "/?q");
-        let uri: Uri = "/api/v10".parse().unwrap();
-        assert!(strip_prefix(&uri, "/api/v1").is_none());
-    }
 }

@@ -1,4 +1,5 @@
-//! The `logging` phase's work: metrics from pre-resolved handles, and the access log line.
+//! The `logging` phase's work: metrics from pre-resolved handles, the route's `on_log`
+//! policies, and the access log line.
 
 use pingora::proxy::Session;
 
@@ -15,10 +16,14 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
         .unwrap_or(0);
     let elapsed = ctx.started.elapsed();
     let snapshot = &ctx.snapshot;
+    let state = &ctx.state;
     snapshot
-        .route_metrics(ctx.route)
+        .route_metrics(state.route)
         .record(status, elapsed.as_secs_f64());
-    let upstream = ctx.route.map(|r| snapshot.upstream_of(r));
+    if let Some(route) = state.route {
+        snapshot.pipeline(route).on_log(state, status);
+    }
+    let upstream = state.route.map(|r| snapshot.upstream_of(r));
     if let (Some(u), Some(t)) = (upstream, ctx.upstream_elapsed) {
         snapshot.upstream_metrics(u).record(t.as_secs_f64());
     }
@@ -31,27 +36,27 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
         let config = snapshot.config();
         let backend = upstream
             .zip(ctx.backend)
-            .map(|(u, b)| snapshot.clusters()[u].members()[b].addr.to_string());
+            .map(|(u, b)| snapshot.clusters()[u.index()].members()[b].addr.to_string());
         access_log.log(&access_log::Entry {
             time: access_log::now(),
-            request_id: ctx.request_id.as_str(),
-            client_ip: ctx.client_ip,
+            request_id: state.request_id.as_str(),
+            client_ip: state.client_ip,
             method: req.method.as_str(),
             host: request_host(req),
             path,
-            route: ctx.route.map(|r| config.routes[r].name.as_str()),
-            upstream: upstream.map(|u| config.upstreams[u].name.as_str()),
+            route: state.route.map(|r| config.route(r).name.as_str()),
+            upstream: upstream.map(|u| config.upstream(u).name.as_str()),
             backend,
             status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_ms: ctx.upstream_elapsed.map(|t| t.as_secs_f64() * 1000.0),
             bytes_sent: session.body_bytes_sent(),
-            consumer: ctx.identity.as_ref().map(|i| i.consumer.as_str()),
-            tier: ctx
+            consumer: state.identity.as_ref().map(|i| i.consumer.as_str()),
+            tier: state
                 .ratelimit
                 .map(|d| snapshot.ratelimit().tier_name(d.tier)),
-            rate_limited: ctx.ratelimit.map(|d| !d.allowed),
-            auth_method: ctx.identity.as_ref().map(|i| i.method.as_str()),
+            rate_limited: state.ratelimit.map(|d| !d.allowed),
+            auth_method: state.identity.as_ref().map(|i| i.method.as_str()),
         });
     }
 }

@@ -1,24 +1,27 @@
 //! The one writer of responses the gateway makes itself, and the mapping from failures to
-//! status codes. Every such response is JSON `{"error": ..., "request_id": ...}`.
+//! status codes. A [`Refusal`] decides its status, headers and JSON body here and nowhere else;
+//! every such response is JSON `{"error": ..., "request_id": ...}` (plus fields the refusal
+//! adds), carries `X-Request-Id`, and goes through the route's `on_response` policies (so a 429
+//! or a 502 on a limited route carries the rate-limit headers).
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::ctx::{Refusal, RequestCtx};
+use super::ctx::RequestCtx;
+use crate::auth::Denial;
+use crate::ratelimit::bucket::Limited;
+use crate::ratelimit::Decision;
+use crate::refusal::Refusal;
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// The status for a failure, or 0 when the client is gone and nothing can be written.
-pub fn status_for(e: &Error, ctx: &RequestCtx) -> u16 {
-    match ctx.refusal {
-        Some(Refusal::NoHealthyBackend | Refusal::CircuitOpen(_) | Refusal::Overloaded) => {
-            return 503
-        }
-        Some(Refusal::DeadlineExceeded) => return 504,
-        None => {}
+pub fn status_for(e: &Error) -> u16 {
+    if let Some(refusal) = Refusal::of(e) {
+        return refusal.status();
     }
     use ErrorType::*;
     match e.etype() {
@@ -41,8 +44,8 @@ pub fn status_for(e: &Error, ctx: &RequestCtx) -> u16 {
     }
 }
 
-/// The message in the JSON body for `status`.
-pub fn message_for(status: u16) -> &'static str {
+/// The message in the JSON body of a failure that is not a refusal.
+fn message_for(status: u16) -> &'static str {
     match status {
         400 => "bad request",
         404 => "no route matches this request",
@@ -54,176 +57,194 @@ pub fn message_for(status: u16) -> &'static str {
     }
 }
 
-/// The JSON error body.
-pub fn body(message: &str, request_id: &str) -> Bytes {
-    Bytes::from(serde_json::json!({ "error": message, "request_id": request_id }).to_string())
-}
-
-/// Builds the header of a JSON error response.
-pub fn error_header(
-    status: u16,
-    len: usize,
-    request_id: &str,
-    extra: &[(&'static str, &str)],
-) -> pingora::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
-    resp.insert_header(REQUEST_ID, request_id)?;
-    for (name, value) in extra {
-        resp.insert_header(*name, *value)?;
-    }
-    Ok(resp)
-}
-
-/// Answers the request from the gateway (before any upstream is involved); the connection
-/// stays usable.
-pub async fn reject(
+/// Answers a refused request (before any upstream is involved); the connection stays usable.
+pub async fn refuse(
     session: &mut Session,
     ctx: &RequestCtx,
-    status: u16,
-    extra: &[(&'static str, &str)],
+    refusal: &Refusal,
 ) -> pingora::Result<()> {
-    reject_with(session, ctx, status, message_for(status), extra).await
-}
-
-/// Like [`reject`], with a specific message.
-pub async fn reject_with(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    status: u16,
-    message: &str,
-    extra: &[(&'static str, &str)],
-) -> pingora::Result<()> {
-    let payload = body(message, ctx.request_id.as_str());
-    let resp = error_header(status, payload.len(), ctx.request_id.as_str(), extra)?;
+    let (resp, body) = answer(ctx, refusal)?;
     if crate::signals::draining() {
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(payload), true).await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(())
 }
 
-/// Writes the error response for a failed proxy attempt if the client can still take one.
-pub async fn fail(session: &mut Session, ctx: &RequestCtx, status: u16) {
+/// Writes the error response for a failed proxy attempt (`status` from [`status_for`]) if the
+/// client can still take one.
+pub async fn fail(session: &mut Session, ctx: &RequestCtx, e: &Error, status: u16) {
     if status == 0 {
         return;
     }
-    let (message, retry_after) = match ctx.refusal {
-        Some(Refusal::CircuitOpen(secs)) => (
-            "service unavailable: every backend's circuit is open",
-            Some(secs),
+    let built = match Refusal::of(e) {
+        Some(refusal) => answer(ctx, refusal),
+        None => finish(
+            ctx,
+            status,
+            plain_body(message_for(status), ctx.state.request_id.as_str()),
+            &[],
         ),
-        Some(Refusal::Overloaded) => (
-            "service unavailable: upstream at its concurrency limit",
-            Some(1),
-        ),
-        Some(Refusal::DeadlineExceeded) => ("gateway timeout: the route deadline passed", None),
-        _ => (message_for(status), None),
     };
-    let payload = body(message, ctx.request_id.as_str());
-    let retry = retry_after.map(|s| s.to_string());
-    let extra: Vec<(&'static str, &str)> =
-        retry.iter().map(|r| ("retry-after", r.as_str())).collect();
-    let Ok(mut resp) = error_header(status, payload.len(), ctx.request_id.as_str(), &extra) else {
-        return;
+    let (resp, body) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            log::debug!("could not build error response: {e}");
+            return;
+        }
     };
-    if let Some(d) = &ctx.ratelimit {
-        let _ = crate::ratelimit::headers::apply(
-            &mut resp,
-            d,
-            ctx.snapshot.ratelimit().tier_name(d.tier),
-        );
-    }
-    if let Err(e) = session.write_error_response(resp, payload).await {
+    if let Err(e) = session.write_error_response(resp, body).await {
         log::debug!("could not send error response: {e}");
     }
 }
 
-/// Refuses a request that failed authentication (401) or authorisation (403), with an RFC 6750
-/// `WWW-Authenticate` challenge and a JSON body naming the reason. The credential itself never
-/// appears.
-pub async fn deny(
-    session: &mut Session,
+/// The status, headers and body answering `refusal`.
+fn answer(ctx: &RequestCtx, refusal: &Refusal) -> pingora::Result<(ResponseHeader, Bytes)> {
+    let id = ctx.state.request_id.as_str();
+    let status = refusal.status();
+    match refusal {
+        Refusal::NotFound => finish(ctx, status, plain_body(&refusal.to_string(), id), &[]),
+        Refusal::MethodNotAllowed(allowed) => {
+            let allow = allowed.allow_header();
+            finish(
+                ctx,
+                status,
+                plain_body(&refusal.to_string(), id),
+                &[("allow", &allow)],
+            )
+        }
+        Refusal::Denied(denial) => {
+            let challenge = challenge(denial);
+            finish(
+                ctx,
+                status,
+                denial_body(denial, id),
+                &[("www-authenticate", &challenge)],
+            )
+        }
+        Refusal::RateLimited(decision) => {
+            let retry = decision.retry_after.to_string();
+            finish(
+                ctx,
+                status,
+                rate_limited_body(ctx, decision, id),
+                &[("retry-after", &retry)],
+            )
+        }
+        Refusal::RateLimitStoreUnavailable => finish(
+            ctx,
+            status,
+            plain_body("service unavailable: rate limit store unavailable", id),
+            &[("retry-after", "1")],
+        ),
+        Refusal::NoHealthyBackend => finish(
+            ctx,
+            status,
+            plain_body("service unavailable: no healthy backend", id),
+            &[],
+        ),
+        Refusal::CircuitOpen { retry_after } => {
+            let retry = retry_after.to_string();
+            finish(
+                ctx,
+                status,
+                plain_body("service unavailable: every backend's circuit is open", id),
+                &[("retry-after", &retry)],
+            )
+        }
+        Refusal::Overloaded => finish(
+            ctx,
+            status,
+            plain_body("service unavailable: upstream at its concurrency limit", id),
+            &[("retry-after", "1")],
+        ),
+        Refusal::DeadlineExceeded => finish(
+            ctx,
+            status,
+            plain_body("gateway timeout: the route deadline passed", id),
+            &[],
+        ),
+    }
+}
+
+/// The response header for `body`, with the route's response policies applied.
+fn finish(
     ctx: &RequestCtx,
-    denial: &crate::auth::Denial,
-) -> pingora::Result<()> {
-    use crate::auth::Reason;
+    status: u16,
+    body: Bytes,
+    extra: &[(&'static str, &str)],
+) -> pingora::Result<(ResponseHeader, Bytes)> {
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(REQUEST_ID, ctx.state.request_id.as_str())?;
+    for (name, value) in extra {
+        resp.insert_header(*name, *value)?;
+    }
+    if let Some(route) = ctx.state.route {
+        ctx.snapshot
+            .pipeline(route)
+            .on_response(&mut resp, &ctx.state)?;
+    }
+    Ok((resp, body))
+}
+
+/// `{"error": message, "request_id": id}`.
+fn plain_body(message: &str, request_id: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": message, "request_id": request_id }).to_string())
+}
+
+/// The RFC 6750 challenge for a denial. The credential itself never appears.
+fn challenge(denial: &Denial) -> String {
     let description = denial.description.replace(['"', '\\'], "'");
-    let (status, error, challenge) = match denial.reason {
-        Reason::Missing => (401, "authentication required", "Bearer realm=\"gatehouse\"".to_string()),
-        r if r.is_forbidden() => (
-            403,
-            "forbidden",
-            format!("Bearer realm=\"gatehouse\", error=\"insufficient_scope\", error_description=\"{description}\""),
-        ),
-        _ => (
-            401,
-            "invalid credentials",
-            format!("Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"{description}\""),
-        ),
+    if denial.reason == crate::auth::Reason::Missing {
+        "Bearer realm=\"gatehouse\"".to_string()
+    } else if denial.reason.is_forbidden() {
+        format!("Bearer realm=\"gatehouse\", error=\"insufficient_scope\", error_description=\"{description}\"")
+    } else {
+        format!("Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"{description}\"")
+    }
+}
+
+/// `{"error", "reason", "detail", "request_id"}` for a 401/403.
+fn denial_body(denial: &Denial, request_id: &str) -> Bytes {
+    let error = if denial.reason == crate::auth::Reason::Missing {
+        "authentication required"
+    } else if denial.reason.is_forbidden() {
+        "forbidden"
+    } else {
+        "invalid credentials"
     };
-    let payload = Bytes::from(
+    Bytes::from(
         serde_json::json!({
             "error": error,
             "reason": denial.reason.as_str(),
             "detail": denial.description,
-            "request_id": ctx.request_id.as_str(),
+            "request_id": request_id,
         })
         .to_string(),
-    );
-    let resp = error_header(
-        status,
-        payload.len(),
-        ctx.request_id.as_str(),
-        &[("www-authenticate", &challenge)],
-    )?;
-    if crate::signals::draining() {
-        session.set_keepalive(None);
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(payload), true).await?;
-    Ok(())
+    )
 }
 
-/// Refuses a request over its rate limit: 429 with `Retry-After`, every rate-limit header, and
-/// `{"error": "rate limit exceeded", "tier", "limit", "retry_after", "upgrade_url", "request_id"}`.
-pub async fn rate_limited(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    d: &crate::ratelimit::Decision,
-    limiter: &crate::ratelimit::RateLimiter,
-) -> pingora::Result<()> {
-    let tier = limiter.tier_name(d.tier);
-    let payload = Bytes::from(
+/// `{"error": "rate limit exceeded", "tier", "limit", "policy", "retry_after", "upgrade_url",
+/// "request_id"}` for a 429.
+fn rate_limited_body(ctx: &RequestCtx, d: &Decision, request_id: &str) -> Bytes {
+    let limiter = ctx.snapshot.ratelimit();
+    Bytes::from(
         serde_json::json!({
             "error": "rate limit exceeded",
-            "tier": tier,
+            "tier": limiter.tier_name(d.tier),
             "limit": d.refusing_limit(),
             "policy": match d.limited_by {
-                Some(crate::ratelimit::bucket::Limited::Daily) => "daily",
-                Some(crate::ratelimit::bucket::Limited::Monthly) => "monthly",
+                Some(Limited::Daily) => "daily",
+                Some(Limited::Monthly) => "monthly",
                 _ => "burst",
             },
             "retry_after": d.retry_after,
             "upgrade_url": limiter.upgrade_url(d.tier),
-            "request_id": ctx.request_id.as_str(),
+            "request_id": request_id,
         })
         .to_string(),
-    );
-    let retry = d.retry_after.to_string();
-    let mut resp = error_header(
-        429,
-        payload.len(),
-        ctx.request_id.as_str(),
-        &[("retry-after", &retry)],
-    )?;
-    crate::ratelimit::headers::apply(&mut resp, d, tier)?;
-    if crate::signals::draining() {
-        session.set_keepalive(None);
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(payload), true).await?;
-    Ok(())
+    )
 }

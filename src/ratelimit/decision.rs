@@ -1,6 +1,7 @@
 //! Rate-limit decisions: what a check concluded and the values its headers report.
 
 use super::bucket::{Limited, Limits, Outcome};
+use crate::config::TierId;
 
 /// State kept for a quota in a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub struct Decision {
     /// Whether the request may proceed.
     pub allowed: bool,
     /// Index of the tier applied.
-    pub tier: usize,
+    pub tier: TierId,
     /// Bucket capacity.
     pub burst: u32,
     /// Seconds to refill an empty bucket.
@@ -55,7 +56,7 @@ impl Decision {
 }
 
 /// The decision when the shared store failed and the policy is `allow` (admitted) or `deny`.
-pub(super) fn unavailable(tier: usize, limits: &Limits, allow: bool) -> Decision {
+pub(super) fn unavailable(tier: TierId, limits: &Limits, allow: bool) -> Decision {
     Decision {
         allowed: allow,
         tier,
@@ -72,7 +73,7 @@ pub(super) fn unavailable(tier: usize, limits: &Limits, allow: bool) -> Decision
 }
 
 /// Turns a bucket outcome into a decision with header values.
-pub fn decide(tier: usize, limits: &Limits, out: &Outcome, unix_secs: u64) -> Decision {
+pub fn decide(tier: TierId, limits: &Limits, out: &Outcome, unix_secs: u64) -> Decision {
     let allowed = out.granted > 0;
     let missing = (limits.burst - out.tokens).max(0.0);
     let reset_secs = (missing / limits.rps).ceil() as u64;

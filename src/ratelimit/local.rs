@@ -1,38 +1,56 @@
-//! The in-process store: counters in a sharded map (a key's shard is locked only for the few
-//! arithmetic operations of one check; there is no global lock). Memory is bounded by
+//! The in-process store: counters in a [`BoundedMap`] (a key's shard is locked only for the
+//! few arithmetic operations of one check; there is no global lock). Memory is bounded by
 //! `max_keys`: idle keys whose bucket is full again and whose quotas have no count are swept,
-//! and when a shard is full the entry closest to expiry is evicted (and counted).
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! and when a shard is full one entry is evicted (and counted) by this rule: first keys with no
+//! quota count (only their bucket is lost, and an idle bucket refills anyway), then keys with
+//! quota used, and keys whose quota is used up only when nothing else is left, so evicting
+//! never hands an exhausted consumer a fresh quota while cheaper victims exist. Within a class
+//! the least recently used goes first.
 
 use prometheus::IntCounter;
 
 use super::bucket::{self, Limits, Outcome, State};
+use crate::bounded::{BoundedMap, Eviction};
 
 const SHARDS: usize = 64;
+
+/// Eviction classes, cheapest loss first.
+const NO_QUOTA_COUNT: u8 = 0;
+const QUOTA_USED: u8 = 1;
+const QUOTA_EXHAUSTED: u8 = 2;
 
 struct Entry {
     state: State,
     /// When dropping the entry loses nothing (bucket full again, quota period over), in the
     /// store's milliseconds.
     forgettable_at_ms: u64,
+    class: u8,
+}
+
+struct Evict {
+    evictions: IntCounter,
+}
+
+impl Eviction<u64, Entry> for Evict {
+    fn class(&self, e: &Entry) -> usize {
+        usize::from(e.class)
+    }
+
+    fn evicted(&self, _key: u64, _value: Entry) {
+        self.evictions.inc();
+    }
 }
 
 /// Counters in this process.
 pub struct LocalStore {
-    shards: Box<[Mutex<HashMap<u64, Entry>>]>,
-    per_shard_max: usize,
-    evictions: IntCounter,
+    map: BoundedMap<u64, Entry, Evict>,
 }
 
 impl LocalStore {
-    /// A store holding at most about `max_keys` keys.
+    /// A store holding at most about `max_keys` keys; evictions are counted in `evictions`.
     pub fn new(max_keys: usize, evictions: IntCounter) -> Self {
         LocalStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            per_shard_max: max_keys.div_ceil(SHARDS).max(1),
-            evictions,
+            map: BoundedMap::new(max_keys, SHARDS, Evict { evictions }),
         }
     }
 
@@ -45,59 +63,44 @@ impl LocalStore {
         unix_secs: u64,
         want: u32,
     ) -> Outcome {
-        let shard = &self.shards[(key as usize) % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(&key) && map.len() >= self.per_shard_max {
-            Self::evict_one(&mut map, now_ms);
-            self.evictions.inc();
-        }
-        let entry = map.entry(key).or_insert_with(|| Entry {
+        let fresh = || Entry {
             state: State::default(),
             forgettable_at_ms: 0,
-        });
-        let out = bucket::take(&mut entry.state, limits, now_ms, unix_secs, want);
-        entry.forgettable_at_ms = forgettable_at(&out, limits, now_ms);
-        out
-    }
-
-    /// Returns unused reserved tokens.
-    pub fn give_back(&self, key: u64, limits: &Limits, tokens: u32, day: u64, month: u64) {
-        let shard = &self.shards[(key as usize) % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get_mut(&key) {
-            bucket::give_back(&mut e.state, limits, tokens, day, month);
-        }
-    }
-
-    fn evict_one(map: &mut HashMap<u64, Entry>, now_ms: u64) {
-        let victim = map
-            .iter()
-            .min_by_key(|(_, e)| e.forgettable_at_ms.saturating_sub(now_ms))
-            .map(|(k, _)| *k);
-        if let Some(k) = victim {
-            map.remove(&k);
-        }
+            class: NO_QUOTA_COUNT,
+        };
+        self.map.with(&key, fresh, |entry| {
+            let out = bucket::take(&mut entry.state, limits, now_ms, unix_secs, want);
+            entry.forgettable_at_ms = forgettable_at(&out, limits, now_ms);
+            entry.class = class(&out, limits);
+            out
+        })
     }
 
     /// Drops every entry that can be forgotten without changing any decision.
     pub fn sweep(&self, now_ms: u64) {
-        for shard in self.shards.iter() {
-            let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, e| e.forgettable_at_ms > now_ms);
-        }
+        self.map.retain(|_, e| e.forgettable_at_ms > now_ms);
     }
 
     /// Keys held.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        self.map.len()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.map.is_empty()
+    }
+}
+
+fn class(out: &Outcome, limits: &Limits) -> u8 {
+    let exhausted = limits.daily.is_some_and(|q| out.day_count >= q)
+        || limits.monthly.is_some_and(|q| out.month_count >= q);
+    let used = (limits.daily.is_some() && out.day_count > 0)
+        || (limits.monthly.is_some() && out.month_count > 0);
+    match (exhausted, used) {
+        (true, _) => QUOTA_EXHAUSTED,
+        (false, true) => QUOTA_USED,
+        _ => NO_QUOTA_COUNT,
     }
 }
 
@@ -129,15 +132,38 @@ mod tests {
     #[test]
     fn keys_are_independent_and_memory_is_bounded() {
         let evictions = IntCounter::new("e", "e").unwrap();
-        let store = LocalStore::new(64, evictions.clone());
-        for k in 0..64u64 {
+        let store = LocalStore::new(640, evictions.clone());
+        for k in 0..5_000u64 {
             assert_eq!(store.take(k, &limits(), 0, 0, 1).granted, 1);
         }
-        assert_eq!(store.len(), 64);
-        // One more key per shard than allowed evicts one entry of that shard.
-        store.take(64, &limits(), 0, 0, 1);
-        assert_eq!(evictions.get(), 1);
-        assert_eq!(store.len(), 64);
+        assert!(store.len() <= 640, "{} keys held", store.len());
+        assert!(store.len() >= 600, "no clear-all: {} keys held", store.len());
+        assert_eq!(evictions.get(), 5_000 - store.len() as u64);
+    }
+
+    #[test]
+    fn a_consumer_with_its_quota_used_up_is_evicted_last() {
+        let quota = Limits {
+            rps: 1.0,
+            burst: 10.0,
+            daily: Some(1),
+            monthly: None,
+        };
+        let evictions = IntCounter::new("e", "e").unwrap();
+        // One shard's worth: 64 shards of 2 keys.
+        let store = LocalStore::new(128, evictions);
+        let unix = 86_400 * 20_000;
+        // Key 0 uses up its daily quota; it must survive a flood of bucket-only keys.
+        assert_eq!(store.take(0, &quota, 0, unix, 1).granted, 1);
+        assert_eq!(store.take(0, &quota, 1, unix, 1).granted, 0);
+        for k in 1..10_000u64 {
+            store.take(k, &limits(), 2, unix, 1);
+        }
+        assert_eq!(
+            store.take(0, &quota, 3, unix, 1).granted,
+            0,
+            "the exhausted quota was not reset by eviction"
+        );
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! ([`redis`]: one atomic script call per request, or [`batched`] reservations). Runs in
 //! `request_filter` after authentication: the identity chooses the tier, the route the key.
 
+//! Tiered rate limiting (domain layer): a token bucket with burst per (route, key) plus
+//! calendar-aligned daily and monthly quotas, kept in this process ([`local`]) or shared through
+//! Redis ([`redis`]: one atomic script call per request, or [`batched`] reservations). The
+//! request-path policy that uses it is [`crate::policy::rate_limit`]; the upkeep loop (sweeps,
+//! Redis connection, lease returns) is [`crate::services::ratelimit`].
+
 pub mod batched;
 pub mod bucket;
 mod decision;
@@ -10,6 +16,7 @@ pub mod headers;
 pub mod local;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,24 +26,36 @@ use http::HeaderMap;
 use prometheus::IntCounter;
 
 use crate::auth::Identity;
-use crate::config::{Config, LimitKey, OnStoreError, RateLimitSettings, Store, SyncMode, TierSpec};
+use crate::config::{
+    Config, LimitKey, OnStoreError, RateLimitSettings, RouteSpec, Store, SyncMode, TierId,
+    TierSpec,
+};
 use batched::Leases;
 use bucket::Limits;
 use decision::unavailable;
 pub use decision::{decide, Decision, QuotaState};
 use local::LocalStore;
+pub use redis::StoreError;
 use redis::RedisStore;
+
+/// Process-wide counters of the rate limiter, filled by the metrics registry.
+#[derive(Clone)]
+pub struct StoreCounters {
+    /// Failed shared-store calls.
+    pub store_errors: IntCounter,
+    /// Local keys evicted because `max_keys` was reached.
+    pub evictions: IntCounter,
+    /// Batched leases evicted because `max_keys` was reached (their unspent tokens are given
+    /// back to Redis).
+    pub lease_evictions: IntCounter,
+}
+
+/// Decision counters of one (route, tier): `[allowed, rejected]`.
+pub type DecisionCounters = [IntCounter; 2];
 
 struct Tier {
     spec: TierSpec,
     limits: Limits,
-}
-
-struct RoutePolicy {
-    name: String,
-    key: LimitKey,
-    default_tier: usize,
-    decisions: Vec<[IntCounter; 2]>,
 }
 
 /// Process-wide state that survives reloads: the local store, its key hasher and clock.
@@ -59,13 +78,23 @@ pub struct Remote {
     leases: Leases,
 }
 
-/// The rate limiter of one snapshot.
+/// The rate limiter of one snapshot: tiers and stores. Routes check through their
+/// [`RouteLimiter`].
 pub struct RateLimiter {
     tiers: Vec<Tier>,
-    routes: Vec<Option<RoutePolicy>>,
+    tier_by_name: HashMap<String, TierId>,
     shared: Arc<Shared>,
     remote: Option<Arc<Remote>>,
     settings: RateLimitSettings,
+}
+
+/// One route's limit, resolved once per snapshot.
+pub struct RouteLimiter {
+    name: String,
+    key: LimitKey,
+    default_tier: TierId,
+    /// Indexed by tier.
+    decisions: Vec<DecisionCounters>,
 }
 
 /// What a bucket is keyed on, for one request.
@@ -79,15 +108,11 @@ enum ClientKey<'a> {
 impl RateLimiter {
     /// Builds the limiter; the local store and the Redis connection are carried over from
     /// `previous` (the latter when the target and timeout are unchanged).
-    pub fn new(
-        config: &Config,
-        previous: Option<&RateLimiter>,
-        metrics: &crate::metrics::Metrics,
-    ) -> Self {
+    pub fn new(config: &Config, previous: Option<&RateLimiter>, counters: &StoreCounters) -> Self {
         let settings = &config.rate_limit;
         let shared = previous.map(|p| Arc::clone(&p.shared)).unwrap_or_else(|| {
             Arc::new(Shared {
-                local: LocalStore::new(settings.max_keys, metrics.ratelimit_evictions.clone()),
+                local: LocalStore::new(settings.max_keys, counters.evictions.clone()),
                 hasher: std::collections::hash_map::RandomState::new(),
                 epoch: Instant::now(),
             })
@@ -103,10 +128,10 @@ impl RateLimiter {
                         store: RedisStore::new(
                             target.clone(),
                             settings.redis_timeout,
-                            metrics.ratelimit_store_errors.clone(),
+                            counters.store_errors.clone(),
                         ),
                         timeout: settings.redis_timeout,
-                        leases: Leases::new(),
+                        leases: Leases::new(settings.max_keys, counters.lease_evictions.clone()),
                     })
                 }))
             }
@@ -124,47 +149,48 @@ impl RateLimiter {
                 spec: t.clone(),
             })
             .collect();
-        let routes = config
-            .routes
+        let tier_by_name = settings
+            .tiers
             .iter()
-            .map(|r| {
-                let limit = r.rate_limit.as_ref()?;
-                let default_tier = tiers
-                    .iter()
-                    .position(|t| t.spec.name == limit.default_tier)?;
-                Some(RoutePolicy {
-                    name: r.name.clone(),
-                    key: limit.key.clone(),
-                    default_tier,
-                    decisions: tiers
-                        .iter()
-                        .map(|t| metrics.ratelimit_decisions(&r.name, &t.spec.name))
-                        .collect(),
-                })
-            })
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), TierId::new(i)))
             .collect();
         RateLimiter {
             tiers,
-            routes,
+            tier_by_name,
             shared,
             remote,
             settings: settings.clone(),
         }
     }
 
-    /// Whether route `route` is rate limited.
-    pub fn limits(&self, route: usize) -> bool {
-        self.routes[route].is_some()
+    /// The limit of `route`, if it has one; `decisions` gives the counters of (route, tier).
+    pub fn route(
+        &self,
+        route: &RouteSpec,
+        decisions: impl Fn(&str, &str) -> DecisionCounters,
+    ) -> Option<RouteLimiter> {
+        let limit = route.rate_limit.as_ref()?;
+        Some(RouteLimiter {
+            name: route.name.clone(),
+            key: limit.key.clone(),
+            default_tier: limit.default_tier.id,
+            decisions: self
+                .tiers
+                .iter()
+                .map(|t| decisions(&route.name, &t.spec.name))
+                .collect(),
+        })
     }
 
     /// The name of tier `tier`.
-    pub fn tier_name(&self, tier: usize) -> &str {
-        &self.tiers[tier].spec.name
+    pub fn tier_name(&self, tier: TierId) -> &str {
+        &self.tiers[tier.index()].spec.name
     }
 
     /// The upgrade URL of tier `tier`.
-    pub fn upgrade_url(&self, tier: usize) -> Option<&str> {
-        self.tiers[tier].spec.upgrade_url.as_deref()
+    pub fn upgrade_url(&self, tier: TierId) -> Option<&str> {
+        self.tiers[tier.index()].spec.upgrade_url.as_deref()
     }
 
     /// The Redis store, when configured.
@@ -172,23 +198,22 @@ impl RateLimiter {
         self.remote.as_ref().map(|r| &r.store)
     }
 
-    /// Checks (and, when allowed, counts) one request to `route`, with the tier's rate and
-    /// burst scaled by `factor` (the adaptive limit factor, 1.0 when not adaptive). `None`
-    /// when the route has no limit.
+    /// Checks (and, when allowed, counts) one request under `route`'s limit, with the tier's
+    /// rate and burst scaled by `factor` (the adaptive limit factor, 1.0 when not adaptive).
+    /// The identity's tier (one hash look-up) wins over the route's default tier.
     pub async fn check(
         &self,
-        route: usize,
+        route: &RouteLimiter,
         identity: Option<&Identity>,
         client_ip: Option<IpAddr>,
         headers: &HeaderMap,
         factor: f64,
-    ) -> Option<Decision> {
-        let policy = self.routes[route].as_ref()?;
+    ) -> Decision {
         let tier = identity
             .and_then(|i| i.tier.as_deref())
-            .and_then(|name| self.tiers.iter().position(|t| t.spec.name == name))
-            .unwrap_or(policy.default_tier);
-        let client_key = match (&policy.key, identity) {
+            .and_then(|name| self.tier_by_name.get(name).copied())
+            .unwrap_or(route.default_tier);
+        let client_key = match (&route.key, identity) {
             (LimitKey::Consumer, Some(id)) => ClientKey::Consumer(&id.consumer),
             (LimitKey::Header(name), _) => match headers.get(name) {
                 Some(v) => ClientKey::Header(v.as_bytes()),
@@ -196,10 +221,10 @@ impl RateLimiter {
             },
             _ => ClientKey::Ip(client_ip),
         };
-        let key = self.key_hash(policy, client_key);
+        let key = self.key_hash(&route.name, client_key);
         let scaled;
         let limits = if factor < 1.0 {
-            let base = &self.tiers[tier].limits;
+            let base = &self.tiers[tier.index()].limits;
             scaled = Limits {
                 rps: base.rps * factor,
                 burst: (base.burst * factor).max(1.0).floor(),
@@ -207,12 +232,12 @@ impl RateLimiter {
             };
             &scaled
         } else {
-            &self.tiers[tier].limits
+            &self.tiers[tier.index()].limits
         };
         let decision = match &self.remote {
             None => self.check_local(key, tier, limits),
             Some(remote) => {
-                let redis_key = redis_key(&self.settings.key_prefix, &policy.name, client_key);
+                let redis_key = redis_key(&self.settings.key_prefix, &route.name, client_key);
                 let shared = match self.settings.sync {
                     SyncMode::Exact => remote
                         .store
@@ -240,17 +265,17 @@ impl RateLimiter {
                 };
                 match (shared, self.settings.on_store_error) {
                     (Ok(d), _) => d,
-                    (Err(()), OnStoreError::LocalFallback) => self.check_local(key, tier, limits),
-                    (Err(()), OnStoreError::Allow) => unavailable(tier, limits, true),
-                    (Err(()), OnStoreError::Deny) => unavailable(tier, limits, false),
+                    (Err(_), OnStoreError::LocalFallback) => self.check_local(key, tier, limits),
+                    (Err(_), OnStoreError::Allow) => unavailable(tier, limits, true),
+                    (Err(_), OnStoreError::Deny) => unavailable(tier, limits, false),
                 }
             }
         };
-        policy.decisions[tier][usize::from(!decision.allowed)].inc();
-        Some(decision)
+        route.decisions[tier.index()][usize::from(!decision.allowed)].inc();
+        decision
     }
 
-    fn check_local(&self, key: u64, tier: usize, limits: &Limits) -> Decision {
+    fn check_local(&self, key: u64, tier: TierId, limits: &Limits) -> Decision {
         let unix = unix_now();
         let out = self
             .shared
@@ -270,9 +295,9 @@ impl RateLimiter {
             .max(1)
     }
 
-    fn key_hash(&self, policy: &RoutePolicy, key: ClientKey<'_>) -> u64 {
+    fn key_hash(&self, route: &str, key: ClientKey<'_>) -> u64 {
         let mut h = self.shared.hasher.build_hasher();
-        policy.name.hash(&mut h);
+        route.hash(&mut h);
         match key {
             ClientKey::Consumer(c) => {
                 0u8.hash(&mut h);
@@ -290,20 +315,16 @@ impl RateLimiter {
         h.finish()
     }
 
-    /// Local-only check for benchmarks: the same path as a request on a local-store route.
+    /// Local-only check for benchmarks: the same path as a request on a local-store route
+    /// keyed on `consumer`, under tier number `tier`.
     pub fn check_local_for_bench(&self, consumer: &str, tier: usize) -> Decision {
-        let policy = self
-            .routes
-            .iter()
-            .flatten()
-            .next()
-            .expect("a limited route");
-        let key = self.key_hash(policy, ClientKey::Consumer(consumer));
-        self.check_local(key, tier, &self.tiers[tier].limits)
+        let key = self.key_hash("bench", ClientKey::Consumer(consumer));
+        let tier = TierId::new(tier);
+        self.check_local(key, tier, &self.tiers[tier.index()].limits)
     }
 
     /// Background upkeep: drops idle local keys (when `sweep`), connects to Redis when
-    /// needed, returns expired batched reservations.
+    /// needed, returns expired and evicted batched reservations.
     pub async fn upkeep(&self, sweep: bool) {
         if sweep {
             self.shared.local.sweep(self.shared.now_ms());
@@ -338,34 +359,5 @@ fn redis_key(prefix: &str, route: &str, key: ClientKey<'_>) -> String {
         }
         ClientKey::Ip(Some(ip)) => redis::key(prefix, route, format!("ip:{ip}").as_bytes()),
         ClientKey::Ip(None) => redis::key(prefix, route, b"ip:unknown"),
-    }
-}
-
-/// Background upkeep of the rate limiter (see [`RateLimiter::upkeep`]).
-pub struct RateLimitService {
-    store: crate::snapshot::SnapshotStore,
-}
-
-impl RateLimitService {
-    /// Upkeep for whatever `store` holds.
-    pub fn new(store: crate::snapshot::SnapshotStore) -> Self {
-        RateLimitService { store }
-    }
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for RateLimitService {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for round in 0u64.. {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let snapshot = self.store.load();
-            // Sweeping walks every local key: every 5 s is plenty.
-            snapshot.ratelimit().upkeep(round.is_multiple_of(20)).await;
-        }
     }
 }

@@ -33,6 +33,26 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// Why a shared-store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection has been made yet (the upkeep keeps trying).
+    #[error("not connected")]
+    NotConnected,
+    /// The call took longer than `redis_timeout`.
+    #[error("timed out")]
+    Timeout,
+    /// Redis refused the call or the connection failed.
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// The script answered something this version does not understand.
+    #[error("unexpected script reply")]
+    UnexpectedReply,
+    /// The store is not a Redis store.
+    #[error("not a Redis store")]
+    NotRedis,
+}
+
 /// What the script answered.
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteOutcome {
@@ -78,37 +98,27 @@ impl RedisStore {
     }
 
     /// Connects (background service). A `ConnectionManager` reconnects by itself afterwards.
-    pub async fn connect(&self) -> Result<(), String> {
+    pub async fn connect(&self) -> Result<(), StoreError> {
         let connect_timeout = self.timeout.max(Duration::from_millis(500));
         let conn = match &self.target {
             Store::Redis(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+                let client = redis::Client::open(url.as_str())?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(self.timeout.max(Duration::from_millis(100))))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
-                Conn::Single(
-                    ConnectionManager::new_with_config(client, config)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                )
+                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
             }
             Store::RedisCluster(nodes) => {
                 let client = redis::cluster::ClusterClient::builder(nodes.clone())
                     .connection_timeout(connect_timeout)
                     .response_timeout(self.timeout.max(Duration::from_millis(100)))
                     .retries(1)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                Conn::Cluster(
-                    client
-                        .get_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?,
-                )
+                    .build()?;
+                Conn::Cluster(client.get_async_connection().await?)
             }
-            Store::Local => return Err("not a Redis store".to_string()),
+            Store::Local => return Err(StoreError::NotRedis),
         };
         self.conn.store(Some(Arc::new(conn)));
         log::info!("rate limit store: connected to Redis");
@@ -125,10 +135,9 @@ impl RedisStore {
         give_back: u32,
         back_day: u64,
         back_month: u64,
-    ) -> Result<RemoteOutcome, ()> {
+    ) -> Result<RemoteOutcome, StoreError> {
         let Some(conn) = self.conn.load_full() else {
-            self.failed("not connected");
-            return Err(());
+            return Err(self.failed(StoreError::NotConnected));
         };
         let args = [
             limits.rps.to_string(),
@@ -152,19 +161,10 @@ impl RedisStore {
                     self.recovered();
                     Ok(out)
                 }
-                None => {
-                    self.failed("unexpected script reply");
-                    Err(())
-                }
+                None => Err(self.failed(StoreError::UnexpectedReply)),
             },
-            Ok(Err(e)) => {
-                self.failed(&e.to_string());
-                Err(())
-            }
-            Err(_) => {
-                self.failed("timeout");
-                Err(())
-            }
+            Ok(Err(e)) => Err(self.failed(StoreError::Redis(e))),
+            Err(_) => Err(self.failed(StoreError::Timeout)),
         }
     }
 
@@ -186,13 +186,15 @@ impl RedisStore {
         }
     }
 
-    fn failed(&self, why: &str) {
+    /// Counts a failure (logging only the first of an incident) and hands it back.
+    fn failed(&self, why: StoreError) -> StoreError {
         self.errors.inc();
         if !self.incident.swap(true, Ordering::Relaxed) {
             log::warn!(
                 "rate limit store unavailable ({why}); applying on_store_error until it recovers"
             );
         }
+        why
     }
 
     fn recovered(&self) {

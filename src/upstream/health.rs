@@ -1,25 +1,18 @@
-//! Active health checks. One Pingora background service checks whatever the current snapshot
-//! holds, so a reload that adds, removes or changes upstreams needs no new service (Pingora
-//! cannot add services after start). The probes themselves are Pingora's `HttpHealthCheck` and
-//! `TcpHealthCheck`; thresholds and scheduling are ours, so that health state can live in
-//! [`BackendState`](super::backend::BackendState) and survive reloads.
+//! Active health checks: a cluster's probe (Pingora's `HttpHealthCheck` or `TcpHealthCheck`),
+//! its schedule and one round of checks. Thresholds are ours, so that health state lives in
+//! [`BackendState`](super::backend::BackendState) and survives reloads. The background service
+//! that runs due rounds for whatever the current snapshot holds is
+//! [`crate::services::health`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_trait::async_trait;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use tokio::task::JoinSet;
 
 use super::Cluster;
 use crate::config::{HealthCheckKind, HealthCheckSpec};
-use crate::snapshot::SnapshotStore;
-
-/// How often the scheduler looks for clusters that are due a check round.
-const TICK: Duration = Duration::from_millis(50);
 
 /// A cluster's health check: the probe, its settings and its schedule.
 pub struct Checker {
@@ -58,8 +51,8 @@ impl Checker {
         }
     }
 
-    /// Claims the next round if it is due; the caller must then run it.
-    fn claim_round(&self, now: Instant) -> bool {
+    /// Claims the next round if it is due; the caller must then run it ([`run_round`]).
+    pub fn claim_round(&self, now: Instant) -> bool {
         let Ok(mut next) = self.next_round.lock() else {
             return false;
         };
@@ -72,7 +65,7 @@ impl Checker {
 }
 
 /// Probes every backend of `cluster` once, concurrently, and records the results.
-async fn run_round(cluster: Arc<Cluster>) {
+pub async fn run_round(cluster: Arc<Cluster>) {
     let Some(checker) = cluster.health.as_ref() else {
         return;
     };
@@ -111,46 +104,4 @@ async fn run_round(cluster: Arc<Cluster>) {
         }
     }
     checker.running.store(false, Ordering::Release);
-}
-
-/// The background service that drives every cluster's checks.
-pub struct HealthService {
-    store: SnapshotStore,
-}
-
-impl HealthService {
-    /// A service checking whatever `store` currently holds.
-    pub fn new(store: SnapshotStore) -> Self {
-        HealthService { store }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut round: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let snapshot = self.store.load();
-            let now = Instant::now();
-            round += 1;
-            if round.is_multiple_of(10) {
-                // Every 500 ms: the adaptive limit factors follow upstream health.
-                let second = crate::clock::unix_secs();
-                for cluster in snapshot.clusters() {
-                    cluster.update_factor(second);
-                }
-            }
-            for cluster in snapshot.clusters() {
-                if cluster.health.as_ref().is_some_and(|c| c.claim_round(now)) {
-                    tokio::spawn(run_round(Arc::clone(cluster)));
-                }
-            }
-        }
-    }
 }

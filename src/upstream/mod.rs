@@ -1,8 +1,9 @@
-//! Upstream pools: a [`Cluster`] per configured upstream, holding its backends, the selection
-//! policy and the peer templates handed to Pingora. Live backend state (health, in-flight
-//! count, circuit breaker) lives in [`backend`] and live upstream state (traffic window,
-//! concurrency, adaptive factor) in [`UpstreamState`]; both are carried across snapshots.
-//! Active checks live in [`health`].
+//! Upstream pools (domain layer): a [`Cluster`] per configured upstream, holding its backends,
+//! the selection policy and the peer templates handed to Pingora. Live backend state (health,
+//! in-flight count, circuit breaker) lives in [`backend`] and live upstream state (traffic
+//! window, concurrency, adaptive factor) in [`UpstreamState`]; both are carried across
+//! snapshots. Active check probes live in [`health`]; the loop that schedules them is
+//! [`crate::services::health`].
 
 pub mod backend;
 pub mod balance;
@@ -17,10 +18,14 @@ use std::sync::Arc;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntCounter;
 
-use crate::config::{Balance, HashKey, UpstreamSpec};
+use crate::config::{BackendSpec, Balance, HashKey, UpstreamSpec};
 use backend::BackendState;
 use balance::HashRing;
 use breaker::{CircuitState, Permit};
+
+/// `gatehouse_circuit_transitions_total` of one backend, indexed by new state (closed, open,
+/// half-open); filled by the metrics registry.
+pub type BreakerCounters = [IntCounter; 3];
 
 /// One backend of a cluster: its spec, its peer template and its shared live state.
 pub struct Member {
@@ -34,8 +39,8 @@ pub struct Member {
     pub state: Arc<BackendState>,
     /// The same backend in the form Pingora's health checks take.
     pub check_target: pingora::lb::Backend,
-    /// `gatehouse_circuit_transitions_total` for this backend, by new state.
-    transitions: [IntCounter; 3],
+    /// Circuit transitions of this backend.
+    transitions: BreakerCounters,
 }
 
 /// Live state of an upstream, shared by every snapshot that keeps its name.
@@ -115,12 +120,12 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds a cluster; backend state is taken from `reuse` where the address is already
-    /// known, and the upstream state is `state`.
+    /// known, the upstream state is `state`, and `transitions` gives each backend's counters.
     pub fn new(
         spec: &UpstreamSpec,
         reuse: impl Fn(SocketAddr) -> Option<Arc<BackendState>>,
         state: Arc<UpstreamState>,
-        metrics: &crate::metrics::Metrics,
+        transitions: impl Fn(&BackendSpec) -> BreakerCounters,
     ) -> Self {
         let members: Vec<Member> = spec
             .backends
@@ -145,7 +150,7 @@ impl Cluster {
                         weight: b.weight as usize,
                         ext: Default::default(),
                     },
-                    transitions: metrics.circuit_transitions(&spec.name, &b.addr.to_string()),
+                    transitions: transitions(b),
                 }
             })
             .collect();
@@ -387,7 +392,7 @@ fn excluded(mask: u64, i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendSpec, Timeouts};
+    use crate::config::Timeouts;
     use crate::upstream::backend::InflightGuard;
 
     fn cluster(balance: Balance, weights: &[u32]) -> Cluster {
@@ -408,12 +413,9 @@ mod tests {
             circuit_breaker: None,
             retry: None,
         };
-        Cluster::new(
-            &spec,
-            |_| None,
-            UpstreamState::new(),
-            &crate::metrics::Metrics::new(),
-        )
+        Cluster::new(&spec, |_| None, UpstreamState::new(), |_| {
+            std::array::from_fn(|_| IntCounter::new("t", "t").unwrap())
+        })
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! In-process reload: re-read the configuration file and, when it is valid, swap in a new
 //! snapshot atomically (requests in flight keep the snapshot they started with). Triggered by
-//! SIGHUP and `POST /admin/reload`. Settings that only a restart or upgrade can change are
-//! reported as such rather than silently ignored.
+//! SIGHUP ([`SighupService`]) and `POST /admin/reload`. Settings that only a restart or upgrade
+//! can change are reported as such rather than silently ignored.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -74,7 +74,6 @@ impl Reloader {
                 }
                 let old = self.store.load();
                 let snapshot = Snapshot::build(new, Some(&old), &self.metrics);
-                self.metrics.register_snapshot(&snapshot);
                 self.store.store(snapshot);
                 self.metrics.config_reload(true);
                 log::info!("configuration reloaded from {}", self.path.display());

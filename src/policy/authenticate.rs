@@ -1,0 +1,88 @@
+//! Authentication: the route's providers verify the request's credentials (any one suffices);
+//! the identity goes into the request state for the policies after it. Refuses with 401
+//! (`Refusal::Denied`). With `hide_credentials`, the credential headers are removed before the
+//! request goes upstream. Outcomes are counted in `gatehouse_auth_total`; when an
+//! [`authorize`](super::authorize) step follows, it counts the success instead.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+use pingora::http::RequestHeader;
+
+use super::{Phases, Policy, RequestState};
+use crate::auth::{AuthCounters, Authenticator};
+use crate::config::{ProviderId, RouteSpec};
+use crate::refusal::Refusal;
+
+/// The authentication step of a route.
+pub struct Authenticate {
+    auth: Arc<Authenticator>,
+    providers: Box<[ProviderId]>,
+    counters: Arc<AuthCounters>,
+    counts_success: bool,
+    hide: Box<[HeaderName]>,
+}
+
+impl Authenticate {
+    /// The step for route `spec` (which has `auth`); `counts_success` when no authorisation
+    /// step follows.
+    pub fn new(
+        spec: &RouteSpec,
+        auth: &Arc<Authenticator>,
+        counters: Arc<AuthCounters>,
+        counts_success: bool,
+    ) -> Self {
+        let providers: Box<[ProviderId]> = spec.auth.iter().map(|a| a.id).collect();
+        let mut hide: Vec<HeaderName> = Vec::new();
+        if spec.hide_credentials {
+            for &p in providers.iter() {
+                let h = auth.credential_header(p);
+                if !hide.contains(&h) {
+                    hide.push(h);
+                }
+            }
+        }
+        Authenticate {
+            auth: Arc::clone(auth),
+            providers,
+            counters,
+            counts_success,
+            hide: hide.into_boxed_slice(),
+        }
+    }
+}
+
+impl Policy for Authenticate {
+    const PHASES: Phases = Phases::REQUEST.union(Phases::UPSTREAM_REQUEST);
+
+    async fn on_request(
+        &self,
+        req: &RequestHeader,
+        state: &mut RequestState,
+    ) -> Result<(), Refusal> {
+        match self.auth.authenticate(&self.providers, &req.headers).await {
+            Ok(identity) => {
+                if self.counts_success {
+                    self.counters.record(Some(identity.provider), None);
+                }
+                state.identity = Some(identity);
+                Ok(())
+            }
+            Err(denial) => {
+                self.counters.record(denial.provider, Some(denial.reason));
+                Err(Refusal::Denied(denial))
+            }
+        }
+    }
+
+    fn on_upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        _state: &RequestState,
+    ) -> pingora::Result<()> {
+        for name in self.hide.iter() {
+            req.remove_header(name);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,31 @@
+//! Identity headers, on every route (public ones too): copies of `X-Consumer-Id`,
+//! `X-Consumer-Tier`, `X-Auth-Method`, `X-Auth-Roles` and `X-Auth-Scopes` sent by the client are
+//! removed, and on authenticated requests the caller's are set, so an upstream can trust them.
+
+use pingora::http::RequestHeader;
+
+use super::{Phases, Policy, RequestState};
+use crate::auth::IDENTITY_HEADERS;
+
+/// The identity-header step (present in every pipeline).
+pub struct IdentityHeaders;
+
+impl Policy for IdentityHeaders {
+    const PHASES: Phases = Phases::UPSTREAM_REQUEST;
+
+    fn on_upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        state: &RequestState,
+    ) -> pingora::Result<()> {
+        for name in IDENTITY_HEADERS {
+            req.remove_header(name);
+        }
+        if let Some(id) = &state.identity {
+            for (name, value) in &id.headers {
+                req.insert_header(*name, value.clone())?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! The per-route policy pipeline (domain layer): what the gateway does to a request besides
+//! routing and balancing, one module per policy. Each policy owns its configuration (read by
+//! [`crate::config`]) and implements only the phases it needs ([`Policy`]); at snapshot build
+//! time every route gets its ordered [`Pipeline`], and the `ProxyHttp` implementation only
+//! calls the pipeline's phases. A policy refuses a request by returning a typed
+//! [`Refusal`](crate::refusal::Refusal); it never writes a response itself.
+//!
+//! The order is fixed (a policy later in the list sees what earlier ones decided):
+//!
+//! | # | policy | `on_request` | `on_upstream_request` | `on_response` |
+//! |---|---|---|---|---|
+//! | 1 | [`authenticate`] (routes with `auth`) | verifies credentials (401) | removes the credential (`hide_credentials`) | |
+//! | 2 | [`authorize`] (`require_roles` / `require_scopes`) | roles and scopes (403) | | |
+//! | 3 | [`rate_limit`] (routes with `rate_limit`) | tiered limits and quotas (429, 503) | | rate-limit headers |
+//! | 4 | [`strip_prefix`] (routes with `strip_prefix`) | | rewrites the path | |
+//! | 5 | [`identity`] (every route) | | removes client copies of identity headers, sets the caller's | |
+//!
+//! Issue-by-issue additions slot in at fixed places: request hygiene before 1, CORS preflight
+//! between hygiene and 1, transformations after 3. A route pays only for the phases some policy
+//! of its pipeline uses: each phase first tests one bit of the pipeline's phase set.
+
+pub mod authenticate;
+pub mod authorize;
+pub mod identity;
+mod pipeline;
+pub mod rate_limit;
+pub mod strip_prefix;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::auth::Identity;
+use crate::config::RouteId;
+use crate::ratelimit::Decision;
+use crate::refusal::Refusal;
+use crate::request_id::RequestId;
+pub use pipeline::{Parts, Pipeline, Step};
+
+/// A set of pipeline phases (bit set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Phases(u8);
+
+impl Phases {
+    /// No phase.
+    pub const NONE: Phases = Phases(0);
+    /// [`Policy::on_request`].
+    pub const REQUEST: Phases = Phases(1);
+    /// [`Policy::on_upstream_request`].
+    pub const UPSTREAM_REQUEST: Phases = Phases(2);
+    /// [`Policy::on_response`].
+    pub const RESPONSE: Phases = Phases(4);
+    /// [`Policy::on_response_body`].
+    pub const RESPONSE_BODY: Phases = Phases(8);
+    /// [`Policy::on_log`].
+    pub const LOG: Phases = Phases(16);
+
+    /// Both sets.
+    pub const fn union(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+
+    /// Whether every phase of `other` is in this set.
+    pub const fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// The per-request state policies read and write, from `request_filter` to `logging`. It holds
+/// no snapshot: a policy gets what it needs from its own fields.
+#[derive(Default)]
+pub struct RequestState {
+    /// The request id echoed to the client and sent upstream.
+    pub request_id: RequestId,
+    /// The matched route.
+    pub route: Option<RouteId>,
+    /// The client IP (after trusted-proxy resolution).
+    pub client_ip: Option<IpAddr>,
+    /// Whether the socket peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// The authenticated caller, on protected routes.
+    pub identity: Option<Arc<Identity>>,
+    /// The rate-limit decision, on limited routes.
+    pub ratelimit: Option<Decision>,
+}
+
+/// One policy: the phases it implements (the rest do nothing). Implementations are dispatched
+/// statically through [`Step`], so async phases cost no allocation.
+pub trait Policy {
+    /// The phases this policy implements.
+    const PHASES: Phases;
+
+    /// Before anything is sent upstream: may refuse the request.
+    fn on_request(
+        &self,
+        _req: &RequestHeader,
+        _state: &mut RequestState,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    /// Just before the request goes upstream: may change it.
+    fn on_upstream_request(
+        &self,
+        _req: &mut RequestHeader,
+        _state: &RequestState,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// On every response header the client gets on this route: the upstream's, and those the
+    /// gateway writes itself (refusals and proxy failures).
+    fn on_response(&self, _resp: &mut ResponseHeader, _state: &RequestState) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// On each chunk of the upstream response body.
+    fn on_response_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _state: &mut RequestState,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// When the request is finished, with the status sent (0: none).
+    fn on_log(&self, _state: &RequestState, _status: u16) {}
+}

@@ -1,0 +1,184 @@
+//! The runtime snapshot (the layer above `metrics`): a validated [`Config`] plus everything
+//! built from it once: route table, clusters, trusted proxy set, authenticator, rate limiter,
+//! each route's policy [`Pipeline`] and the metric handles. Requests load the current snapshot
+//! once and use it to the end; a reload builds a new one and swaps it in atomically. Live
+//! gauges read the current snapshot at scrape time ([`gauges`]).
+
+pub mod gauges;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::auth::Authenticator;
+use crate::config::{Config, RouteId, UpstreamId};
+use crate::forwarding::TrustedProxies;
+use crate::metrics::{Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE};
+use crate::policy::{Parts, Pipeline};
+use crate::ratelimit::RateLimiter;
+use crate::routing::Router;
+use crate::upstream::{Cluster, UpstreamState};
+
+/// Everything the request path needs, built from one configuration.
+pub struct Snapshot {
+    config: Arc<Config>,
+    router: Router,
+    clusters: Vec<Arc<Cluster>>,
+    trusted: TrustedProxies,
+    route_metrics: Vec<RouteMetrics>,
+    unmatched_metrics: RouteMetrics,
+    upstream_metrics: Vec<UpstreamMetrics>,
+    auth: Arc<Authenticator>,
+    ratelimit: Arc<RateLimiter>,
+    pipelines: Vec<Pipeline>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; live state (backend health, in-flight, drained, breakers, upstream
+    /// traffic, JWKS keys, rate-limit counters, the Redis connection) is carried over from
+    /// `previous` wherever the name (and address, URL or target) is unchanged.
+    pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Self {
+        let clusters: Vec<Arc<Cluster>> = config
+            .upstreams
+            .iter()
+            .map(|spec| {
+                let old = previous.and_then(|p| p.clusters.iter().find(|c| c.name() == spec.name));
+                let state = old.map_or_else(UpstreamState::new, |c| Arc::clone(&c.state));
+                Arc::new(Cluster::new(
+                    spec,
+                    |addr| {
+                        old.and_then(|c| c.members().iter().find(|m| m.addr == addr))
+                            .map(|m| Arc::clone(&m.state))
+                    },
+                    state,
+                    |b| metrics.breaker(&spec.name, &b.addr.to_string()),
+                ))
+            })
+            .collect();
+        let auth = Arc::new(Authenticator::new(
+            &config,
+            previous.map(|p| &*p.auth),
+            |provider| metrics.jwks(provider),
+        ));
+        let ratelimit = Arc::new(RateLimiter::new(
+            &config,
+            previous.map(|p| &*p.ratelimit),
+            metrics.ratelimit_store(),
+        ));
+        let pipelines = config
+            .routes
+            .iter()
+            .map(|r| {
+                let parts = Parts {
+                    auth: &auth,
+                    limiter: &ratelimit,
+                    upstream: &clusters[r.upstream.id.index()].state,
+                };
+                let providers: Vec<_> = r.auth.iter().map(|a| (a.id, a.name.as_str())).collect();
+                Pipeline::build(
+                    r,
+                    &parts,
+                    || metrics.auth(&r.name, &providers),
+                    |route, tier| metrics.ratelimit_decisions(route, tier),
+                )
+            })
+            .collect();
+        Snapshot {
+            router: Router::new(&config.routes),
+            trusted: TrustedProxies::new(&config.server.trusted_proxies),
+            // Resolving the handles also makes each route's series visible at zero.
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|r| metrics.route(&r.name, &r.upstream.name))
+                .collect(),
+            unmatched_metrics: metrics.route(NO_ROUTE, NO_ROUTE),
+            upstream_metrics: config
+                .upstreams
+                .iter()
+                .map(|u| metrics.upstream(&u.name))
+                .collect(),
+            clusters,
+            auth,
+            ratelimit,
+            pipelines,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The configuration this snapshot was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The route table.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The clusters, indexed by [`UpstreamId`].
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
+    }
+
+    /// The upstream that route `route` sends to.
+    pub fn upstream_of(&self, route: RouteId) -> UpstreamId {
+        self.config.route(route).upstream.id
+    }
+
+    /// The cluster that route `route` sends to.
+    pub fn cluster_of(&self, route: RouteId) -> &Arc<Cluster> {
+        &self.clusters[self.upstream_of(route).index()]
+    }
+
+    /// The policy pipeline of route `route`.
+    pub fn pipeline(&self, route: RouteId) -> &Pipeline {
+        &self.pipelines[route.index()]
+    }
+
+    /// Peers whose forwarding headers are believed.
+    pub fn trusted(&self) -> &TrustedProxies {
+        &self.trusted
+    }
+
+    /// Metric handles of a route, or of unmatched requests for `None`.
+    pub fn route_metrics(&self, route: Option<RouteId>) -> &RouteMetrics {
+        route.map_or(&self.unmatched_metrics, |r| &self.route_metrics[r.index()])
+    }
+
+    /// The authentication providers.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// The rate limiter.
+    pub fn ratelimit(&self) -> &RateLimiter {
+        &self.ratelimit
+    }
+
+    /// Metric handles of an upstream.
+    pub fn upstream_metrics(&self, upstream: UpstreamId) -> &UpstreamMetrics {
+        &self.upstream_metrics[upstream.index()]
+    }
+}
+
+/// The shared, atomically swappable current snapshot.
+#[derive(Clone)]
+pub struct SnapshotStore(Arc<ArcSwap<Snapshot>>);
+
+impl SnapshotStore {
+    /// A store holding `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        SnapshotStore(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    /// Replaces the current snapshot.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
