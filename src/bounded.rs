@@ -11,10 +11,13 @@
 //!   back, say). It runs under the shard lock: keep it cheap.
 //! - **No allocation in steady state.** Slots and index grow with use up to the bound and are
 //!   reused afterwards.
+//! - **One hash per access.** The shard comes from the high bits of the key's hash, the slot in
+//!   the shard's table from the low bits; keys that are already keyed hashes (all our uses) use
+//!   [`PreHashed`] and are not hashed again.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 /// Number of eviction classes an [`Eviction`] may use.
@@ -58,17 +61,52 @@ const EMPTY: List = List {
     tail: NIL,
 };
 
-struct Shard<K, V> {
-    index: HashMap<K, u32>,
+/// A `BuildHasher` for `u64` keys that are already the output of a keyed hash (SipHash with a
+/// per-process random key): the key is its own hash. Never use it for keys a client chooses
+/// directly.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PreHashed;
+
+/// The hasher of [`PreHashed`].
+#[derive(Debug, Default)]
+pub struct PreHashedHasher(u64);
+
+impl Hasher for PreHashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are expected; anything else still spreads.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl BuildHasher for PreHashed {
+    type Hasher = PreHashedHasher;
+
+    fn build_hasher(&self) -> PreHashedHasher {
+        PreHashedHasher(0)
+    }
+}
+
+struct Shard<K, V, S> {
+    index: HashMap<K, u32, S>,
     slots: Vec<Slot<K, V>>,
     free: Vec<u32>,
     lists: [List; CLASSES],
 }
 
-impl<K: Hash + Eq + Clone, V> Shard<K, V> {
-    fn new() -> Self {
+impl<K: Hash + Eq + Clone, V, S: BuildHasher> Shard<K, V, S> {
+    fn new(hasher: S) -> Self {
         Shard {
-            index: HashMap::new(),
+            index: HashMap::with_hasher(hasher),
             slots: Vec::new(),
             free: Vec::new(),
             lists: [EMPTY; CLASSES],
@@ -107,8 +145,12 @@ impl<K: Hash + Eq + Clone, V> Shard<K, V> {
 
     /// Marks slot `i` most recently used, in `class`.
     fn touch(&mut self, i: u32, class: usize) {
+        let class = class.min(CLASSES - 1);
+        if self.lists[class].tail == i && usize::from(self.slots[i as usize].class) == class {
+            return;
+        }
         self.unlink(i);
-        self.push_back(i, class.min(CLASSES - 1));
+        self.push_back(i, class);
     }
 
     fn take_slot(&mut self, i: u32) -> (K, V) {
@@ -165,7 +207,7 @@ impl<K: Hash + Eq + Clone, V> Shard<K, V> {
 
 /// A bounded map from `K` to `V`, sharded by key hash (see the module documentation).
 pub struct BoundedMap<K, V, E = Lru, S = RandomState> {
-    shards: Box<[Mutex<Shard<K, V>>]>,
+    shards: Box<[Mutex<Shard<K, V, S>>]>,
     per_shard: usize,
     hasher: S,
     eviction: E,
@@ -174,19 +216,27 @@ pub struct BoundedMap<K, V, E = Lru, S = RandomState> {
 impl<K: Hash + Eq + Clone, V, E: Eviction<K, V>> BoundedMap<K, V, E> {
     /// A map of about `capacity` entries (at least one per shard) in `shards` shards.
     pub fn new(capacity: usize, shards: usize, eviction: E) -> Self {
-        let shards = shards.max(1);
-        BoundedMap {
-            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
-            per_shard: capacity.div_ceil(shards).max(1),
-            hasher: RandomState::new(),
-            eviction,
-        }
+        Self::with_hasher(capacity, shards, eviction, RandomState::new())
     }
 }
 
-impl<K: Hash + Eq + Clone, V, E: Eviction<K, V>, S: BuildHasher> BoundedMap<K, V, E, S> {
-    fn shard(&self, key: &K) -> MutexGuard<'_, Shard<K, V>> {
-        let h = self.hasher.hash_one(key) as usize;
+impl<K: Hash + Eq + Clone, V, E: Eviction<K, V>, S: BuildHasher + Clone> BoundedMap<K, V, E, S> {
+    /// Like [`BoundedMap::new`], hashing keys with `hasher`.
+    pub fn with_hasher(capacity: usize, shards: usize, eviction: E, hasher: S) -> Self {
+        let shards = shards.max(1);
+        BoundedMap {
+            shards: (0..shards)
+                .map(|_| Mutex::new(Shard::new(hasher.clone())))
+                .collect(),
+            per_shard: capacity.div_ceil(shards).max(1),
+            hasher,
+            eviction,
+        }
+    }
+
+    fn shard(&self, key: &K) -> MutexGuard<'_, Shard<K, V, S>> {
+        // High bits pick the shard; the shard's table uses the low (and top 7) bits.
+        let h = (self.hasher.hash_one(key) >> 40) as usize;
         // A poisoned shard only means a closure panicked mid-update; the map stays usable.
         self.shards[h % self.shards.len()]
             .lock()

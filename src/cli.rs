@@ -1,4 +1,4 @@
-//! Command line: where the configuration is, whether to only validate it, and the Pingora
+//! Command line (process layer): where the configuration is, whether to only validate it, and the Pingora
 //! process options (daemon, upgrade).
 
 use std::path::PathBuf;

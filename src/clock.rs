@@ -1,4 +1,4 @@
-//! Process clocks for the request path: monotonic milliseconds since start (breakers, leases)
+//! Process clocks for the request path (bottom layer, no dependencies): monotonic milliseconds since start (breakers, leases)
 //! and Unix seconds (traffic windows).
 
 use std::sync::OnceLock;

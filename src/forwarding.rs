@@ -1,4 +1,4 @@
-//! Who the client is and what the upstream is told about it: trusted-proxy handling, client IP
+//! Who the client is and what the upstream is told about it (domain layer): trusted-proxy handling, client IP
 //! resolution and the `X-Forwarded-*` headers. Forwarding headers from an untrusted peer are
 //! never believed.
 

@@ -1,4 +1,4 @@
-//! Request ids: a well-formed `X-Request-Id` from the client is kept, anything else is replaced
+//! Request ids (domain layer): a well-formed `X-Request-Id` from the client is kept, anything else is replaced
 //! by 32 random hex digits. Stored inline so the request path allocates nothing for it.
 
 /// Longest client-supplied id that is kept.

@@ -1,11 +1,11 @@
-//! The route table: built once per configuration snapshot, then looked up per request without
+//! The route table (domain layer): built once per configuration snapshot, then looked up per request without
 //! compiling or allocating anything.
 //!
 //! Precedence: among routes whose host, headers and method match, the highest `priority` wins;
 //! then `path_exact` beats `path_prefix` (longest first) beats `path_regex` (declaration order).
 //! The table is pre-sorted in that order, so lookup returns the first full match.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::{HostMatch, PathMatch, RouteId, RouteSpec};
 
@@ -85,9 +85,12 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// What lookup needs of a route, kept compact so a scan touches few cache lines.
 struct Entry {
     index: RouteId,
-    spec: RouteSpec,
+    path: PathMatch,
+    host: Option<HostMatch>,
+    headers: Box<[(HeaderName, HeaderValue)]>,
     methods: MethodSet,
 }
 
@@ -99,33 +102,34 @@ pub struct Router {
 impl Router {
     /// Builds the table from validated routes.
     pub fn new(routes: &[RouteSpec]) -> Self {
-        let mut entries: Vec<Entry> = routes
-            .iter()
-            .enumerate()
-            .map(|(index, spec)| Entry {
-                index: RouteId::new(index),
-                methods: spec
-                    .methods
-                    .as_deref()
-                    .map_or(MethodSet::ANY, MethodSet::of),
-                spec: spec.clone(),
-            })
-            .collect();
-        entries.sort_by_key(|e| {
-            let (rank, len) = match &e.spec.path {
+        let mut order: Vec<(usize, &RouteSpec)> = routes.iter().enumerate().collect();
+        order.sort_by_key(|(index, spec)| {
+            let (rank, len) = match &spec.path {
                 PathMatch::Exact(p) => (0u8, p.len()),
                 PathMatch::Prefix(p) => (1, p.len()),
                 PathMatch::Regex(_) => (2, 0),
             };
             (
-                std::cmp::Reverse(e.spec.priority),
+                std::cmp::Reverse(spec.priority),
                 rank,
                 std::cmp::Reverse(len),
-                e.index,
+                *index,
             )
         });
         Router {
-            entries: entries.into_boxed_slice(),
+            entries: order
+                .into_iter()
+                .map(|(index, spec)| Entry {
+                    index: RouteId::new(index),
+                    path: spec.path.clone(),
+                    host: spec.host.clone(),
+                    headers: spec.headers.clone().into_boxed_slice(),
+                    methods: spec
+                        .methods
+                        .as_deref()
+                        .map_or(MethodSet::ANY, MethodSet::of),
+                })
+                .collect(),
         }
     }
 
@@ -134,9 +138,9 @@ impl Router {
         let host = req.host.map(strip_port);
         let mut allowed = MethodSet::default();
         for e in self.entries.iter() {
-            if !path_matches(&e.spec.path, req.path)
-                || !host_matches(e.spec.host.as_ref(), host)
-                || !headers_match(&e.spec, req.headers)
+            if !path_matches(&e.path, req.path)
+                || !host_matches(e.host.as_ref(), host)
+                || !headers_match(&e.headers, req.headers)
             {
                 continue;
             }
@@ -182,8 +186,8 @@ fn host_matches(m: Option<&HostMatch>, host: Option<&str>) -> bool {
     }
 }
 
-fn headers_match(spec: &RouteSpec, headers: &HeaderMap) -> bool {
-    spec.headers
+fn headers_match(wanted: &[(HeaderName, HeaderValue)], headers: &HeaderMap) -> bool {
+    wanted
         .iter()
         .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
 }
@@ -249,9 +253,18 @@ path_exact = "/a/b/c"
 upstream = "u"
 "#,
         );
-        assert_eq!(find(&r, Method::GET, None, "/a/b/c"), RouteMatch::Found(RouteId::new(3)));
-        assert_eq!(find(&r, Method::GET, None, "/a/b/d"), RouteMatch::Found(RouteId::new(2)));
-        assert_eq!(find(&r, Method::GET, None, "/a/x"), RouteMatch::Found(RouteId::new(1)));
+        assert_eq!(
+            find(&r, Method::GET, None, "/a/b/c"),
+            RouteMatch::Found(RouteId::new(3))
+        );
+        assert_eq!(
+            find(&r, Method::GET, None, "/a/b/d"),
+            RouteMatch::Found(RouteId::new(2))
+        );
+        assert_eq!(
+            find(&r, Method::GET, None, "/a/x"),
+            RouteMatch::Found(RouteId::new(1))
+        );
         assert_eq!(find(&r, Method::GET, None, "/b"), RouteMatch::NotFound);
     }
 

@@ -145,3 +145,36 @@ fn local_rate_limit_check_allocates_nothing() {
     assert_eq!(n, 0, "local checks allocated {n} times");
     assert_eq!(allowed, 1000);
 }
+
+#[test]
+fn a_public_routes_pipeline_allocates_nothing() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use gatehouse::policy::RequestState;
+    use pingora::http::{RequestHeader, ResponseHeader};
+
+    let src = "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n\
+               [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n";
+    let cfg = gatehouse::config::parse(Path::new("bench.toml"), src).expect("valid");
+    let snapshot = Snapshot::build(cfg, None, &gatehouse::metrics::Metrics::new());
+    let pipeline = snapshot.pipeline(RouteId::new(0));
+    let mut req = RequestHeader::build("GET", b"/users/7", None).unwrap();
+    req.insert_header("host", "api.example.com").unwrap();
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    let mut state = RequestState::default();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut ready = 0;
+    let n = allocations_during(|| {
+        for _ in 0..1000 {
+            {
+                let fut = std::pin::pin!(pipeline.on_request(&req, &mut state));
+                ready += usize::from(matches!(fut.poll(&mut cx), Poll::Ready(Ok(()))));
+            }
+            pipeline.on_upstream_request(&mut req, &state).unwrap();
+            pipeline.on_response(&mut resp, &state).unwrap();
+        }
+    });
+    assert_eq!(n, 0, "the pipeline allocated {n} times");
+    assert_eq!(ready, 1000);
+}

@@ -1,4 +1,4 @@
-//! The admin listener: a separate Pingora listening service (so its socket is handed over on
+//! The admin listener (serving layer, beside the proxy): a separate Pingora listening service (so its socket is handed over on
 //! upgrade like the traffic listeners). `/health`, `/ready` and `/metrics` are open to probes;
 //! every `/admin/*` endpoint needs `Authorization: Bearer <token>`.
 
@@ -101,10 +101,9 @@ impl AdminApp {
                 Method::POST,
                 ["upstreams", name, "backends", addr, action @ ("drain" | "enable")],
             ) => views::set_drained(&self.store.load(), name, addr, *action == "drain"),
-            (Method::GET, ["config"]) => views::json(
-                StatusCode::OK,
-                self.store.load().config().render(),
-            ),
+            (Method::GET, ["config"]) => {
+                views::json(StatusCode::OK, self.store.load().config().render())
+            }
             (Method::POST, ["reload"]) => {
                 let reloader = Arc::clone(&self.reloader);
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {

@@ -24,12 +24,12 @@ use jwks::{JwksMetrics, JwksSet};
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 
 /// Identity headers the gateway sets; any copy a client sends is removed.
-pub const IDENTITY_HEADERS: [&str; 5] = [
-    "x-consumer-id",
-    "x-consumer-tier",
-    "x-auth-method",
-    "x-auth-roles",
-    "x-auth-scopes",
+pub const IDENTITY_HEADERS: [http::HeaderName; 5] = [
+    http::HeaderName::from_static("x-consumer-id"),
+    http::HeaderName::from_static("x-consumer-tier"),
+    http::HeaderName::from_static("x-auth-method"),
+    http::HeaderName::from_static("x-auth-roles"),
+    http::HeaderName::from_static("x-auth-scopes"),
 ];
 
 enum Provider {
@@ -88,9 +88,7 @@ impl Authenticator {
                     };
                     Provider::Jwt(jwt::JwtVerifier::new(id, spec, set))
                 }
-                ProviderKind::ApiKey(spec) => {
-                    Provider::ApiKey(api_key::ApiKeyStore::new(id, spec))
-                }
+                ProviderKind::ApiKey(spec) => Provider::ApiKey(api_key::ApiKeyStore::new(id, spec)),
             };
             providers.push(provider);
         }

@@ -9,7 +9,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use super::identity::Identity;
-use crate::bounded::{BoundedMap, Lru};
+use crate::bounded::{BoundedMap, Lru, PreHashed};
 
 const SHARDS: usize = 16;
 /// Most tokens remembered per provider. Any entry may be evicted (least recently used first):
@@ -28,14 +28,14 @@ struct Entry {
 /// Verified tokens of one provider, keyed by a keyed hash of the token (the full token is
 /// compared on every hit).
 pub struct TokenCache {
-    map: BoundedMap<u64, Entry>,
+    map: BoundedMap<u64, Entry, Lru, PreHashed>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl Default for TokenCache {
     fn default() -> Self {
         TokenCache {
-            map: BoundedMap::new(CAPACITY, SHARDS, Lru),
+            map: BoundedMap::with_hasher(CAPACITY, SHARDS, Lru, PreHashed),
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
@@ -48,7 +48,9 @@ impl TokenCache {
         let key = self.hasher.hash_one(token);
         self.map
             .get_mut(&key, |e| {
-                (e.token.as_ref() == token && now < e.valid_until && e.keys_generation == generation)
+                (e.token.as_ref() == token
+                    && now < e.valid_until
+                    && e.keys_generation == generation)
                     .then(|| Arc::clone(&e.identity))
             })
             .flatten()

@@ -250,8 +250,9 @@ fn read_jwt(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<JwtSp
         }
     };
 
-    let opt_string =
-        |r: &mut Reader<'_>, key: &'static str| t.get(key).and_then(|n| r.string(&n).map(str::to_string));
+    let opt_string = |r: &mut Reader<'_>, key: &'static str| {
+        t.get(key).and_then(|n| r.string(&n).map(str::to_string))
+    };
     let issuer = opt_string(r, "issuer");
     let audiences = t
         .get("audiences")

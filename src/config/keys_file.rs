@@ -30,13 +30,48 @@ pub struct ApiKeyRecord {
     pub disabled: bool,
 }
 
-/// Why a keys file could not be loaded.
-#[derive(Debug)]
+/// Why a keys file could not be loaded or changed.
+#[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    Io(std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// The file is invalid; every problem, with its position.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigError>),
+}
+
+/// Why `gatehouse keys new|revoke` could not change a keys file.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The file could not be read or written.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// `read` or `write`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The file is invalid as it is; nothing was changed.
+    #[error("{0}")]
+    Invalid(LoadError),
+    /// No record has this id.
+    #[error("no key with id {0}")]
+    NoSuchKey(String),
+    /// The file is not TOML that can be edited.
+    #[error("{0}")]
+    Syntax(#[from] toml_edit::TomlError),
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EditError {
+    let path = path.to_path_buf();
+    move |source| EditError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// SHA-256 of a presented key.
@@ -46,7 +81,7 @@ pub fn hash_key(key: &[u8]) -> [u8; 32] {
 
 /// Reads and validates a keys file.
 pub fn load(path: &Path) -> Result<Vec<ApiKeyRecord>, LoadError> {
-    let src = std::fs::read_to_string(path).map_err(LoadError::Io)?;
+    let src = std::fs::read_to_string(path)?;
     parse(path, &src).map_err(LoadError::Invalid)
 }
 
@@ -245,18 +280,13 @@ pub fn record_toml(rec: &ApiKeyRecord) -> String {
 }
 
 /// Appends a record to the keys file (created if missing), after checking the file is valid.
-pub fn append(path: &Path, rec: &ApiKeyRecord) -> Result<(), String> {
+pub fn append(path: &Path, rec: &ApiKeyRecord) -> Result<(), EditError> {
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => return Err(io_error("read", path)(e)),
     };
-    parse(path, &existing).map_err(|errs| {
-        errs.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    parse(path, &existing).map_err(|errs| EditError::Invalid(LoadError::Invalid(errs)))?;
     let mut text = existing;
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -269,24 +299,19 @@ pub fn append(path: &Path, rec: &ApiKeyRecord) -> Result<(), String> {
 }
 
 /// Disables the key `id` in place, keeping the rest of the file as it was.
-pub fn revoke(path: &Path, id: &str) -> Result<(), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse(path, &text).map_err(|errs| {
-        errs.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
-    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+pub fn revoke(path: &Path, id: &str) -> Result<(), EditError> {
+    let text = std::fs::read_to_string(path).map_err(io_error("read", path))?;
+    parse(path, &text).map_err(|errs| EditError::Invalid(LoadError::Invalid(errs)))?;
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
+    let no_such_key = || EditError::NoSuchKey(id.to_string());
     let keys = doc
         .get_mut("keys")
         .and_then(|k| k.as_array_of_tables_mut())
-        .ok_or_else(|| format!("no key with id {id}"))?;
+        .ok_or_else(no_such_key)?;
     let record = keys
         .iter_mut()
         .find(|t| t.get("id").and_then(|v| v.as_str()) == Some(id))
-        .ok_or_else(|| format!("no key with id {id}"))?;
+        .ok_or_else(no_such_key)?;
     record.insert("disabled", toml_edit::value(true));
     record.insert(
         "revoked_at",
@@ -295,7 +320,7 @@ pub fn revoke(path: &Path, id: &str) -> Result<(), String> {
     write_atomically(path, &doc.to_string())
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+fn write_atomically(path: &Path, text: &str) -> Result<(), EditError> {
     let tmp: PathBuf = path.with_extension("tmp-gatehouse");
     std::fs::write(&tmp, text)
         .and_then(|_| {
@@ -304,7 +329,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
             }
             std::fs::rename(&tmp, path)
         })
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(io_error("write", path))
 }
 
 #[cfg(test)]

@@ -113,7 +113,11 @@ pub trait Policy {
 
     /// On every response header the client gets on this route: the upstream's, and those the
     /// gateway writes itself (refusals and proxy failures).
-    fn on_response(&self, _resp: &mut ResponseHeader, _state: &RequestState) -> pingora::Result<()> {
+    fn on_response(
+        &self,
+        _resp: &mut ResponseHeader,
+        _state: &RequestState,
+    ) -> pingora::Result<()> {
         Ok(())
     }
 

@@ -169,7 +169,11 @@ impl Pipeline {
     }
 
     /// Runs every `on_response`, in order.
-    pub fn on_response(&self, resp: &mut ResponseHeader, state: &RequestState) -> pingora::Result<()> {
+    pub fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        state: &RequestState,
+    ) -> pingora::Result<()> {
         if !self.phases.contains(Phases::RESPONSE) {
             return Ok(());
         }

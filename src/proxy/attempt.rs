@@ -48,7 +48,11 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
     let spec = cluster.spec();
     if ctx.attempts == 0 {
         cluster.state.traffic.request(clock::unix_secs());
-        ctx.deadline = snapshot.config().route(route).timeout.map(|t| ctx.started + t);
+        ctx.deadline = snapshot
+            .config()
+            .route(route)
+            .timeout
+            .map(|t| ctx.started + t);
         if spec.max_inflight > 0 {
             match cluster.state.try_slot(spec.max_inflight) {
                 Some(slot) => ctx.slot = Some(slot),
@@ -209,7 +213,9 @@ fn spend_budget(ctx: &RequestCtx, kind: FailureKind) -> bool {
     let Some(spec) = &cluster.spec().retry else {
         return true;
     };
-    let metrics = ctx.snapshot.upstream_metrics(ctx.snapshot.upstream_of(route));
+    let metrics = ctx
+        .snapshot
+        .upstream_metrics(ctx.snapshot.upstream_of(route));
     if cluster.state.traffic.try_retry(spec, clock::unix_secs()) {
         metrics.retry(kind);
         true

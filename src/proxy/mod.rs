@@ -54,7 +54,6 @@ impl Gateway {
     }
 }
 
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;

@@ -18,7 +18,7 @@ use prometheus::IntCounter;
 use super::bucket::{Limited, Limits};
 use super::redis::{RedisStore, StoreError};
 use super::{decide, unix_now, Decision};
-use crate::bounded::{BoundedMap, Eviction};
+use crate::bounded::{BoundedMap, Eviction, PreHashed};
 use crate::config::TierId;
 
 const SHARDS: usize = 32;
@@ -78,7 +78,13 @@ impl Eviction<u64, Lease> for GiveBack {
         self.evictions.inc();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.len() < MAX_PENDING_RETURNS {
-            pending.push((lease.redis_key, lease.limits, lease.left, lease.day, lease.month));
+            pending.push((
+                lease.redis_key,
+                lease.limits,
+                lease.left,
+                lease.day,
+                lease.month,
+            ));
         }
     }
 }
@@ -87,20 +93,21 @@ impl Eviction<u64, Lease> for GiveBack {
 /// (least recently used first); an evicted lease's unspent tokens are given back to Redis
 /// asynchronously by the upkeep and counted in `gatehouse_ratelimit_lease_evictions_total`.
 pub struct Leases {
-    map: BoundedMap<u64, Lease, GiveBack>,
+    map: BoundedMap<u64, Lease, GiveBack, PreHashed>,
 }
 
 impl Leases {
     /// No reservations; at most about `max_keys` of them.
     pub fn new(max_keys: usize, evictions: IntCounter) -> Self {
         Leases {
-            map: BoundedMap::new(
+            map: BoundedMap::with_hasher(
                 max_keys,
                 SHARDS,
                 GiveBack {
                     pending: Mutex::new(Vec::new()),
                     evictions,
                 },
+                PreHashed,
             ),
         }
     }

@@ -10,7 +10,7 @@
 use prometheus::IntCounter;
 
 use super::bucket::{self, Limits, Outcome, State};
-use crate::bounded::{BoundedMap, Eviction};
+use crate::bounded::{BoundedMap, Eviction, PreHashed};
 
 const SHARDS: usize = 64;
 
@@ -43,14 +43,14 @@ impl Eviction<u64, Entry> for Evict {
 
 /// Counters in this process.
 pub struct LocalStore {
-    map: BoundedMap<u64, Entry, Evict>,
+    map: BoundedMap<u64, Entry, Evict, PreHashed>,
 }
 
 impl LocalStore {
     /// A store holding at most about `max_keys` keys; evictions are counted in `evictions`.
     pub fn new(max_keys: usize, evictions: IntCounter) -> Self {
         LocalStore {
-            map: BoundedMap::new(max_keys, SHARDS, Evict { evictions }),
+            map: BoundedMap::with_hasher(max_keys, SHARDS, Evict { evictions }, PreHashed),
         }
     }
 
@@ -137,7 +137,11 @@ mod tests {
             assert_eq!(store.take(k, &limits(), 0, 0, 1).granted, 1);
         }
         assert!(store.len() <= 640, "{} keys held", store.len());
-        assert!(store.len() >= 600, "no clear-all: {} keys held", store.len());
+        assert!(
+            store.len() >= 600,
+            "no clear-all: {} keys held",
+            store.len()
+        );
         assert_eq!(evictions.get(), 5_000 - store.len() as u64);
     }
 

@@ -1,8 +1,3 @@
-//! Tiered rate limiting: a token bucket with burst per (route, key) plus calendar-aligned
-//! daily and monthly quotas, kept in this process ([`local`]) or shared through Redis
-//! ([`redis`]: one atomic script call per request, or [`batched`] reservations). Runs in
-//! `request_filter` after authentication: the identity chooses the tier, the route the key.
-
 //! Tiered rate limiting (domain layer): a token bucket with burst per (route, key) plus
 //! calendar-aligned daily and monthly quotas, kept in this process ([`local`]) or shared through
 //! Redis ([`redis`]: one atomic script call per request, or [`batched`] reservations). The
@@ -27,16 +22,15 @@ use prometheus::IntCounter;
 
 use crate::auth::Identity;
 use crate::config::{
-    Config, LimitKey, OnStoreError, RateLimitSettings, RouteSpec, Store, SyncMode, TierId,
-    TierSpec,
+    Config, LimitKey, OnStoreError, RateLimitSettings, RouteSpec, Store, SyncMode, TierId, TierSpec,
 };
 use batched::Leases;
 use bucket::Limits;
 use decision::unavailable;
 pub use decision::{decide, Decision, QuotaState};
 use local::LocalStore;
-pub use redis::StoreError;
 use redis::RedisStore;
+pub use redis::StoreError;
 
 /// Process-wide counters of the rate limiter, filled by the metrics registry.
 #[derive(Clone)]

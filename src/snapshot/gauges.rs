@@ -113,13 +113,16 @@ mod tests {
 
     #[test]
     fn gauges_follow_the_live_snapshot() {
-        let src = "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }]\n\
+        let src =
+            "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }]\n\
                    [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n";
         let cfg = crate::config::parse(std::path::Path::new("t.toml"), src).unwrap();
         let metrics = crate::metrics::Metrics::new();
         let store = SnapshotStore::new(super::super::Snapshot::build(cfg, None, &metrics));
         metrics.register(Box::new(LiveGauges::new(store.clone())));
-        store.load().clusters()[0].members()[1].state.set_drained(true);
+        store.load().clusters()[0].members()[1]
+            .state
+            .set_drained(true);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains(
             "gatehouse_upstream_backend_drained{backend=\"127.0.0.1:2\",upstream=\"u\"} 1"

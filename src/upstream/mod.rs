@@ -413,9 +413,12 @@ mod tests {
             circuit_breaker: None,
             retry: None,
         };
-        Cluster::new(&spec, |_| None, UpstreamState::new(), |_| {
-            std::array::from_fn(|_| IntCounter::new("t", "t").unwrap())
-        })
+        Cluster::new(
+            &spec,
+            |_| None,
+            UpstreamState::new(),
+            |_| std::array::from_fn(|_| IntCounter::new("t", "t").unwrap()),
+        )
     }
 
     #[test]
