@@ -129,12 +129,18 @@ mod tests {
         }
     }
 
+    /// Keys as the limiter makes them: keyed hashes.
+    fn key(i: u64) -> u64 {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(i)
+    }
+
     #[test]
     fn keys_are_independent_and_memory_is_bounded() {
         let evictions = IntCounter::new("e", "e").unwrap();
         let store = LocalStore::new(640, evictions.clone());
         for k in 0..5_000u64 {
-            assert_eq!(store.take(k, &limits(), 0, 0, 1).granted, 1);
+            assert_eq!(store.take(key(k), &limits(), 0, 0, 1).granted, 1);
         }
         assert!(store.len() <= 640, "{} keys held", store.len());
         assert!(
@@ -158,13 +164,14 @@ mod tests {
         let store = LocalStore::new(128, evictions);
         let unix = 86_400 * 20_000;
         // Key 0 uses up its daily quota; it must survive a flood of bucket-only keys.
-        assert_eq!(store.take(0, &quota, 0, unix, 1).granted, 1);
-        assert_eq!(store.take(0, &quota, 1, unix, 1).granted, 0);
+        let exhausted = key(0);
+        assert_eq!(store.take(exhausted, &quota, 0, unix, 1).granted, 1);
+        assert_eq!(store.take(exhausted, &quota, 1, unix, 1).granted, 0);
         for k in 1..10_000u64 {
-            store.take(k, &limits(), 2, unix, 1);
+            store.take(key(k), &limits(), 2, unix, 1);
         }
         assert_eq!(
-            store.take(0, &quota, 3, unix, 1).granted,
+            store.take(exhausted, &quota, 3, unix, 1).granted,
             0,
             "the exhausted quota was not reset by eviction"
         );
