@@ -16,7 +16,7 @@ use prometheus::{
 
 use crate::auth::jwks::JwksMetrics;
 use crate::auth::{AuthCounters, Reason};
-use crate::config::{FailureKind, ProviderId};
+use crate::config::{FailureKind, ProviderId, UpstreamSpec};
 use crate::ratelimit::{DecisionCounters, StoreCounters};
 use crate::upstream::BreakerCounters;
 
@@ -69,9 +69,9 @@ pub struct RouteMetrics {
 /// Pre-resolved handles for one upstream.
 pub struct UpstreamMetrics {
     duration: Histogram,
-    /// Retries by reason: connect, timeout, reset.
-    retries: [IntCounter; 3],
-    budget_exhausted: IntCounter,
+    /// With a retry policy: retries by reason (connect, timeout, reset) and refusals by the
+    /// budget. Upstreams without one have no such series.
+    retries: Option<([IntCounter; 3], IntCounter)>,
 }
 
 impl RouteMetrics {
@@ -88,19 +88,23 @@ impl UpstreamMetrics {
         self.duration.observe(seconds);
     }
 
-    /// Counts a retry sent after a failure of `kind`.
+    /// Counts a retry sent after a failure of `kind` (upstreams with a retry policy).
     pub fn retry(&self, kind: FailureKind) {
         let i = match kind {
             FailureKind::Connect => 0,
             FailureKind::Timeout => 1,
             FailureKind::Reset | FailureKind::Status5xx => 2,
         };
-        self.retries[i].inc();
+        if let Some((by_reason, _)) = &self.retries {
+            by_reason[i].inc();
+        }
     }
 
-    /// Counts a retry refused by the budget.
+    /// Counts a retry refused by the budget (upstreams with a retry policy).
     pub fn retry_budget_exhausted(&self) {
-        self.budget_exhausted.inc();
+        if let Some((_, exhausted)) = &self.retries {
+            exhausted.inc();
+        }
     }
 }
 
@@ -329,12 +333,17 @@ impl Metrics {
     }
 
     /// Handles for an upstream.
-    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+    pub fn upstream(&self, spec: &UpstreamSpec) -> UpstreamMetrics {
+        let name = spec.name.as_str();
         UpstreamMetrics {
-            duration: self.upstream_duration.with_label_values(&[upstream]),
-            retries: ["connect", "timeout", "reset"]
-                .map(|reason| self.retries.with_label_values(&[upstream, reason])),
-            budget_exhausted: self.retry_budget_exhausted.with_label_values(&[upstream]),
+            duration: self.upstream_duration.with_label_values(&[name]),
+            retries: spec.retry.as_ref().map(|_| {
+                (
+                    ["connect", "timeout", "reset"]
+                        .map(|reason| self.retries.with_label_values(&[name, reason])),
+                    self.retry_budget_exhausted.with_label_values(&[name]),
+                )
+            }),
         }
     }
 

@@ -123,9 +123,8 @@ impl Default for Timeouts {
     }
 }
 
-/// What an active health check does.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+/// What an active health check does (rendered as `type`, `path` and `host`).
+#[derive(Debug, Clone, PartialEq)]
 pub enum HealthCheckKind {
     /// `GET path` must answer 200.
     Http {
@@ -136,6 +135,20 @@ pub enum HealthCheckKind {
     },
     /// A TCP connect must succeed.
     Tcp,
+}
+
+impl Serialize for HealthCheckKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (kind, path, host) = match self {
+            HealthCheckKind::Http { path, host } => ("http", Some(path), Some(host)),
+            HealthCheckKind::Tcp => ("tcp", None, None),
+        };
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("type", kind)?;
+        map.serialize_entry("path", &path)?;
+        map.serialize_entry("host", &host)?;
+        map.end()
+    }
 }
 
 /// Active health check settings.

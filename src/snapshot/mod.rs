@@ -96,7 +96,7 @@ impl Snapshot {
             upstream_metrics: config
                 .upstreams
                 .iter()
-                .map(|u| metrics.upstream(&u.name))
+                .map(|u| metrics.upstream(u))
                 .collect(),
             clusters,
             auth,

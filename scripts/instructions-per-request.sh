@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind (deterministic: the same binary, config
+# and requests give the same count whatever else the machine does, unlike wall-clock figures on
+# these VMs). Runs each given gatehouse binary (default: target/release/gatehouse) under
+# callgrind with one worker thread against an nginx backend, warms up, zeroes the counters,
+# sends N keep-alive requests per case (routing only; API key + local rate limit; JWT HS256 +
+# local rate limit) and prints instructions per request. Loopback only, bounded by N.
+# Usage: scripts/instructions-per-request.sh [-n N] [BINARY...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=2000
+if [ "${1:-}" = "-n" ]; then n=$2; shift 2; fi
+binaries=("$@")
+[ ${#binaries[@]} -gt 0 ] || binaries=(target/release/gatehouse)
+for tool in valgrind nginx; do
+  command -v "$tool" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
+done
+
+work=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+backend_port=$(free_port)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  server { listen 127.0.0.1:$backend_port; location / { return 200 'hello from the backend'; } }
+}
+NGINX
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+pids+=($!)
+
+secret="instructions-bench-hmac-secret-of-32-bytes"
+key=$("${binaries[0]}" keys new --consumer bench --tier big --file "$work/keys.toml" 2>/dev/null)
+jwt=$(python3 - "$secret" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+h = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+p = b64(json.dumps({"sub": "bench", "tier": "big", "exp": int(time.time()) + 3600}).encode())
+s = b64(hmac.new(sys.argv[1].encode(), f"{h}.{p}".encode(), hashlib.sha256).digest())
+print(f"{h}.{p}.{s}")
+PY
+)
+
+# Sends COUNT keep-alive GETs to PORT PATH with an optional header; fails on a non-200.
+send() { # $1 port, $2 path, $3 count, $4 header line or ""
+  python3 - "$@" <<'PY'
+import http.client, sys
+port, path, count, header = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+headers = dict([header.split(": ", 1)]) if header else {}
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+for _ in range(count):
+    c.request("GET", path, headers=headers)
+    r = c.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"{path}: status {r.status}")
+PY
+}
+
+printf '%-48s %-28s %s\n' binary case instructions/request
+for bin in "${binaries[@]}"; do
+  for case in "routing only|/plain|" "API key + local rate limit|/apikey|X-API-Key: $key" "JWT HS256 + local rate limit|/jwt|Authorization: Bearer $jwt"; do
+    IFS='|' read -r label path header <<<"$case"
+    gw_port=$(free_port)
+    cat > "$work/gatehouse.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$gw_port"]
+threads = 1
+pid_file = "$work/gatehouse.pid"
+upgrade_sock = "$work/upgrade.sock"
+[access_log]
+enabled = false
+[auth.api_keys.k]
+keys_file = "$work/keys.toml"
+[auth.jwt.j]
+algorithms = ["HS256"]
+secret_env = "BENCH_SECRET"
+tier_claim = "tier"
+[rate_limit.tiers.big]
+rps = 10000000
+burst = 100000000
+[upstreams.b]
+backends = [{ addr = "127.0.0.1:$backend_port" }]
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "b"
+[[routes]]
+name = "apikey"
+path_prefix = "/apikey"
+upstream = "b"
+auth = ["api_key:k"]
+rate_limit = { key = "consumer", default_tier = "big" }
+[[routes]]
+name = "jwt"
+path_prefix = "/jwt"
+upstream = "b"
+auth = ["jwt:j"]
+rate_limit = { key = "consumer", default_tier = "big" }
+TOML
+    out="$work/callgrind.out"
+    rm -f "$out"*
+    BENCH_SECRET="$secret" RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
+      "$bin" -c "$work/gatehouse.toml" >"$work/gw.log" 2>&1 &
+    vg=$!
+    for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$gw_port/plain" && break; sleep 0.2; done
+    send "$gw_port" "$path" 200 "$header"
+    callgrind_control -z "$vg" >/dev/null 2>&1
+    send "$gw_port" "$path" "$n" "$header"
+    callgrind_control -d "$vg" >/dev/null 2>&1
+    kill "$vg"; wait "$vg" 2>/dev/null || true
+    # The dump after zeroing holds only the N requests; sum every dump part's totals.
+    total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s + 0}')
+    printf '%-48s %-28s %s\n' "$bin" "$label" "$((total / n))"
+  done
+done
