@@ -115,11 +115,12 @@ fn pipeline(c: &mut Criterion) {
             matches!(fut.poll(&mut cx), Poll::Ready(Ok(())))
         })
     });
+    let mut upstream = req.clone();
     g.bench_function("on_upstream_request", |b| {
-        b.iter(|| pipeline.on_upstream_request(black_box(&mut req), &state))
+        b.iter(|| pipeline.on_upstream_request(&req, black_box(&mut upstream), &state))
     });
     g.bench_function("on_response", |b| {
-        b.iter(|| pipeline.on_response(black_box(&mut resp), &state))
+        b.iter(|| pipeline.on_response(&req, black_box(&mut resp), &mut state))
     });
     g.finish();
 }

@@ -43,6 +43,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod forwarding;
+pub mod hygiene;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -18,6 +18,7 @@ use crate::auth::jwks::JwksMetrics;
 use crate::auth::{AuthCounters, Reason};
 use crate::config::{FailureKind, ProviderId, UpstreamSpec};
 use crate::ratelimit::{DecisionCounters, StoreCounters};
+use crate::refusal::EDGE_REASONS;
 use crate::upstream::BreakerCounters;
 
 /// Label used for requests that matched no route (and so no upstream).
@@ -56,8 +57,25 @@ pub struct Metrics {
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
     jwks_keys: IntGaugeVec,
+    edge: EdgeCounters,
+    /// Connections closed because a request head did not arrive within
+    /// `request_head_timeout`.
+    pub edge_head_timeouts: IntCounter,
     jwks_fetches: IntCounterVec,
     jwks_last_success: IntGaugeVec,
+}
+
+/// `gatehouse_edge_refusals_total`, by reason ([`EDGE_REASONS`]).
+#[derive(Clone)]
+pub struct EdgeCounters([IntCounter; EDGE_REASONS.len()]);
+
+impl EdgeCounters {
+    /// Counts an edge refusal ([`Refusal::edge_reason`](crate::refusal::Refusal::edge_reason)).
+    pub fn record(&self, reason: usize) {
+        if let Some(c) = self.0.get(reason) {
+            c.inc();
+        }
+    }
 }
 
 /// Pre-resolved handles for one route.
@@ -225,6 +243,18 @@ impl Metrics {
             ),
             &["provider"],
         ));
+        let edge_refusals = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_edge_refusals_total",
+                "Requests refused at the edge (request hygiene and body limits), by reason.",
+            ),
+            &["reason"],
+        ));
+        let edge = EdgeCounters(EDGE_REASONS.map(|r| edge_refusals.with_label_values(&[r])));
+        let edge_head_timeouts = must(IntCounter::new(
+            "gatehouse_edge_head_timeouts_total",
+            "Connections closed because a request head did not arrive within request_head_timeout.",
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "Build information."),
             &["version"],
@@ -253,6 +283,8 @@ impl Metrics {
             Box::new(jwks_keys.clone()),
             Box::new(jwks_fetches.clone()),
             Box::new(jwks_last_success.clone()),
+            Box::new(edge_refusals),
+            Box::new(edge_head_timeouts.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -273,6 +305,8 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             jwks_keys,
+            edge,
+            edge_head_timeouts,
             jwks_fetches,
             jwks_last_success,
         })
@@ -307,6 +341,11 @@ impl Metrics {
             self.ratelimit_decisions
                 .with_label_values(&[route, tier, d])
         })
+    }
+
+    /// The edge refusal counters.
+    pub fn edge(&self) -> &EdgeCounters {
+        &self.edge
     }
 
     /// The rate limiter's process-wide counters.

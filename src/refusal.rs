@@ -8,9 +8,83 @@ use crate::auth::Denial;
 use crate::ratelimit::Decision;
 use crate::routing::MethodSet;
 
+/// The labels of `gatehouse_edge_refusals_total{reason}`.
+pub const EDGE_REASONS: [&str; 9] = [
+    "missing_host",
+    "multiple_host",
+    "invalid_target",
+    "encoded_slash",
+    "underscore_in_header",
+    "malformed_json",
+    "uri_too_long",
+    "header_fields_too_large",
+    "payload_too_large",
+];
+
+/// Why a request is malformed (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2).
+    MissingHost,
+    /// More than one `Host`.
+    MultipleHost,
+    /// The request target holds characters RFC 9112/3986 do not allow, or the request line
+    /// is malformed.
+    InvalidTarget,
+    /// An encoded `/` or `\` in the path (`encoded_slash = "reject"`).
+    EncodedSlash,
+    /// A header name with `_` (`underscores_in_headers = "reject"`).
+    UnderscoreInHeader,
+    /// A JSON body that does not parse (on routes that transform it).
+    MalformedJson,
+}
+
+impl BadRequest {
+    /// The reason, as a metric label and in the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadRequest::MissingHost => "missing_host",
+            BadRequest::MultipleHost => "multiple_host",
+            BadRequest::InvalidTarget => "invalid_target",
+            BadRequest::EncodedSlash => "encoded_slash",
+            BadRequest::UnderscoreInHeader => "underscore_in_header",
+            BadRequest::MalformedJson => "malformed_json",
+        }
+    }
+
+    /// What is wrong, in words.
+    pub fn message(self) -> &'static str {
+        match self {
+            BadRequest::MissingHost => "bad request: HTTP/1.1 requests need a Host header",
+            BadRequest::MultipleHost => "bad request: more than one Host header",
+            BadRequest::InvalidTarget => {
+                "bad request: the request target holds characters that are not allowed"
+            }
+            BadRequest::EncodedSlash => "bad request: encoded / or \\ in the path",
+            BadRequest::UnderscoreInHeader => "bad request: header names must not contain _",
+            BadRequest::MalformedJson => "bad request: the body is not valid JSON",
+        }
+    }
+}
+
 /// A request the gateway answers itself.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
+    /// The request is malformed (400); the connection is closed.
+    #[error("{}", .0.message())]
+    BadRequest(BadRequest),
+    /// The request line is longer than `max_request_line` (414).
+    #[error("URI too long")]
+    UriTooLong,
+    /// The head has more header bytes or fields than allowed (431).
+    #[error("request header fields too large")]
+    HeaderFieldsTooLarge,
+    /// The body is larger than the route's `max_body` (413).
+    #[error("payload too large")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// No route matches (404).
     #[error("no route matches this request")]
     NotFound,
@@ -48,6 +122,10 @@ impl Refusal {
     /// The HTTP status of the answer.
     pub fn status(&self) -> u16 {
         match self {
+            Refusal::BadRequest(_) => 400,
+            Refusal::UriTooLong => 414,
+            Refusal::HeaderFieldsTooLarge => 431,
+            Refusal::PayloadTooLarge { .. } => 413,
             Refusal::NotFound => 404,
             Refusal::MethodNotAllowed(_) => 405,
             Refusal::Denied(d) if d.reason.is_forbidden() => 403,
@@ -59,6 +137,31 @@ impl Refusal {
             | Refusal::Overloaded => 503,
             Refusal::DeadlineExceeded => 504,
         }
+    }
+
+    /// Whether the connection must be closed after the answer (the rest of the request cannot
+    /// be trusted or would have to be read).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Refusal::BadRequest(_)
+                | Refusal::UriTooLong
+                | Refusal::HeaderFieldsTooLarge
+                | Refusal::PayloadTooLarge { .. }
+        )
+    }
+
+    /// The position in [`EDGE_REASONS`] of an edge refusal (hygiene and body limits), `None`
+    /// for other refusals.
+    pub fn edge_reason(&self) -> Option<usize> {
+        let label = match self {
+            Refusal::BadRequest(b) => b.as_str(),
+            Refusal::UriTooLong => "uri_too_long",
+            Refusal::HeaderFieldsTooLarge => "header_fields_too_large",
+            Refusal::PayloadTooLarge { .. } => "payload_too_large",
+            _ => return None,
+        };
+        EDGE_REASONS.iter().position(|r| *r == label)
     }
 
     /// This refusal as a Pingora error (the form `upstream_peer` returns), typed

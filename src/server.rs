@@ -14,6 +14,7 @@ use crate::admin::AdminApp;
 use crate::cli::Cli;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::proxy::listener::EdgeApp;
 use crate::proxy::Gateway;
 use crate::services::access_log::AccessLogWriter;
 use crate::services::health::HealthService;
@@ -69,20 +70,23 @@ pub fn run(config: Config, cli: &Cli) -> ! {
     let (access_log, access_log_lines) =
         crate::access_log::new(&config.access_log, metrics.access_log_dropped.clone());
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut http = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(store.clone(), Arc::clone(&metrics), access_log),
-        "gatehouse proxy",
+    );
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    http.server_options = Some(options);
+    // The edge app wraps each connection to enforce the head deadline and see raw request
+    // lines (see proxy::listener).
+    let mut proxy = Service::new(
+        "gatehouse proxy".to_string(),
+        EdgeApp::new(http, store.clone(), metrics.edge_head_timeouts.clone()),
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
     proxy.threads = Some(config.server.threads);
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
     server.add_service(proxy).add_dependency(&bootstrap);
 
     if let Some(admin) = &config.admin {

@@ -161,6 +161,7 @@ fn a_public_routes_pipeline_allocates_nothing() {
     let pipeline = snapshot.pipeline(RouteId::new(0));
     let mut req = RequestHeader::build("GET", b"/users/7", None).unwrap();
     req.insert_header("host", "api.example.com").unwrap();
+    let mut upstream = req.clone();
     let mut resp = ResponseHeader::build(200, None).unwrap();
     let mut state = RequestState::default();
     let mut cx = Context::from_waker(Waker::noop());
@@ -171,8 +172,10 @@ fn a_public_routes_pipeline_allocates_nothing() {
                 let fut = std::pin::pin!(pipeline.on_request(&req, &mut state));
                 ready += usize::from(matches!(fut.poll(&mut cx), Poll::Ready(Ok(()))));
             }
-            pipeline.on_upstream_request(&mut req, &state).unwrap();
-            pipeline.on_response(&mut resp, &state).unwrap();
+            pipeline
+                .on_upstream_request(&req, &mut upstream, &state)
+                .unwrap();
+            pipeline.on_response(&req, &mut resp, &mut state).unwrap();
         }
     });
     assert_eq!(n, 0, "the pipeline allocated {n} times");

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "bounded",
             "routing",
             "forwarding",
+            "hygiene",
             "request_id",
             "auth",
             "ratelimit",

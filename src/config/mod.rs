@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 pub mod ids;
 pub mod keys_file;
+pub mod limits;
 pub mod rate_limit;
 mod reader;
 pub mod resilience;
@@ -30,6 +31,7 @@ pub use auth::{ApiKeySpec, AuthSettings, JwtKeys, JwtSpec, ProviderKind, Provide
 pub use error::{ConfigError, ConfigErrors};
 pub use ids::{ProviderId, Ref, RouteId, TierId, UpstreamId};
 pub use keys_file::ApiKeyRecord;
+pub use limits::{EncodedSlash, Limits, Underscores};
 pub use rate_limit::{
     LimitKey, OnStoreError, RateLimitSettings, RouteLimit, Store, SyncMode, TierSpec,
 };

@@ -294,6 +294,38 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// Reads a size: an integer number of bytes, or a string such as `"8KiB"`, `"10MiB"`,
+    /// `"512B"` (units B, KiB, MiB, GiB; KB, MB, GB are powers of 1000); at most `max` bytes.
+    pub fn size(&mut self, node: &Node<'_, '_>, max: u64) -> Option<u64> {
+        let parsed = match node.value() {
+            DeValue::Integer(_) => {
+                return self
+                    .integer(node, 0, max.min(i64::MAX as u64) as i64)
+                    .map(|v| v as u64)
+            }
+            DeValue::String(s) => parse_size(s),
+            _ => {
+                self.type_error(node, "a size (bytes, or a string like \"8KiB\")");
+                return None;
+            }
+        };
+        match parsed {
+            Some(v) if v <= max => Some(v),
+            Some(_) => {
+                self.error(node, format!("must be at most {max} bytes"));
+                None
+            }
+            None => {
+                let text = node.value().as_str().unwrap_or_default();
+                self.error(
+                    node,
+                    format!("invalid size \"{text}\" (examples: \"512B\", \"8KiB\", \"10MiB\")"),
+                );
+                None
+            }
+        }
+    }
+
     /// Reads an array; each element comes with its indexed path.
     pub fn array<'a, 'i>(&mut self, node: &Node<'a, 'i>) -> Option<Vec<Node<'a, 'i>>> {
         let DeValue::Array(items) = node.value() else {
@@ -394,6 +426,27 @@ impl<'a, 'i> Table<'a, 'i> {
     pub fn span(&self) -> Range<usize> {
         self.span.clone()
     }
+}
+
+/// Parses `"8KiB"`-style sizes into bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.replace('_', "").parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 /// Whether `name` is usable as an upstream, route, provider or tier name (names become metric

@@ -29,7 +29,14 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Largest request body, in bytes, unless a route sets its own `max_body`.
+    pub max_body: u64,
+    /// What the edge refuses (`[server.limits]`).
+    pub limits: super::limits::Limits,
 }
+
+/// Largest accepted `max_body`.
+pub const MAX_BODY_LIMIT: u64 = 1 << 40;
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -41,6 +48,8 @@ impl Default for ServerSettings {
             grace_period: Duration::from_secs(30),
             graceful_shutdown_timeout: Duration::from_secs(5),
             trusted_proxies: Vec::new(),
+            max_body: 10 * 1024 * 1024,
+            limits: super::limits::Limits::default(),
         }
     }
 }
@@ -98,6 +107,14 @@ pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> ServerSettings {
         if let Some(d) = r.duration(&n) {
             s.graceful_shutdown_timeout = d;
         }
+    }
+    if let Some(n) = t.get("max_body") {
+        if let Some(v) = r.size(&n, MAX_BODY_LIMIT) {
+            s.max_body = v;
+        }
+    }
+    if let Some(n) = t.get("limits") {
+        s.limits = super::limits::read(r, &n);
     }
     if let Some(n) = t.get("trusted_proxies") {
         if let Some(items) = r.strings(&n) {

@@ -77,11 +77,12 @@ impl Policy for Authenticate {
 
     fn on_upstream_request(
         &self,
-        req: &mut RequestHeader,
+        _req: &RequestHeader,
+        upstream: &mut RequestHeader,
         _state: &RequestState,
     ) -> pingora::Result<()> {
         for name in self.hide.iter() {
-            req.remove_header(name);
+            upstream.remove_header(name);
         }
         Ok(())
     }

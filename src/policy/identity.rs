@@ -15,6 +15,7 @@ impl Policy for IdentityHeaders {
 
     fn on_upstream_request(
         &self,
+        _req: &RequestHeader,
         req: &mut RequestHeader,
         state: &RequestState,
     ) -> pingora::Result<()> {

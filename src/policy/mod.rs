@@ -49,6 +49,8 @@ impl Phases {
     pub const NONE: Phases = Phases(0);
     /// [`Policy::on_request`].
     pub const REQUEST: Phases = Phases(1);
+    /// [`Policy::on_request_body`].
+    pub const REQUEST_BODY: Phases = Phases(32);
     /// [`Policy::on_upstream_request`].
     pub const UPSTREAM_REQUEST: Phases = Phases(2);
     /// [`Policy::on_response`].
@@ -85,6 +87,25 @@ pub struct RequestState {
     pub identity: Option<Arc<Identity>>,
     /// The rate-limit decision, on limited routes.
     pub ratelimit: Option<Decision>,
+    /// Request body bytes received from the client so far.
+    pub body_bytes: u64,
+    /// A complete request body that replaces the client's (read before the upstream was
+    /// chosen, then transformed); sent, with its length, on every attempt.
+    pub request_body: Option<Bytes>,
+    /// The request body cannot be replayed (it was transformed while streaming): no retry
+    /// once it started.
+    pub body_not_replayable: bool,
+    /// Per-policy scratch state of body transformations.
+    pub body: BodyState,
+}
+
+/// What body transformations keep between chunks.
+#[derive(Default)]
+pub struct BodyState {
+    /// Request body chunks buffered until the end (streaming transformation).
+    pub request: Option<bytes::BytesMut>,
+    /// Response body chunks buffered until the end; `None` when the response passes through.
+    pub response: Option<bytes::BytesMut>,
 }
 
 /// One policy: the phases it implements (the rest do nothing). Implementations are dispatched
@@ -102,21 +123,35 @@ pub trait Policy {
         std::future::ready(Ok(()))
     }
 
-    /// Just before the request goes upstream: may change it.
+    /// On each chunk of the client's request body (`end_of_stream` on the last); a chunk may
+    /// be replaced (an empty one is not sent). May refuse the request.
+    fn on_request_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _state: &mut RequestState,
+    ) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// Just before the request goes upstream: may change `upstream` (a copy of the client's
+    /// request `req`, as earlier policies left it).
     fn on_upstream_request(
         &self,
-        _req: &mut RequestHeader,
+        _req: &RequestHeader,
+        _upstream: &mut RequestHeader,
         _state: &RequestState,
     ) -> pingora::Result<()> {
         Ok(())
     }
 
-    /// On every response header the client gets on this route: the upstream's, and those the
-    /// gateway writes itself (refusals and proxy failures).
+    /// On every response header the client gets on this route for request `req`: the
+    /// upstream's, and those the gateway writes itself (refusals and proxy failures).
     fn on_response(
         &self,
+        _req: &RequestHeader,
         _resp: &mut ResponseHeader,
-        _state: &RequestState,
+        _state: &mut RequestState,
     ) -> pingora::Result<()> {
         Ok(())
     }

@@ -151,10 +151,29 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Runs every `on_request_body`, in order, until one refuses.
+    pub fn on_request_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        state: &mut RequestState,
+    ) -> Result<(), Refusal> {
+        if !self.phases.contains(Phases::REQUEST_BODY) {
+            return Ok(());
+        }
+        for step in self.steps.iter() {
+            if step.phases().contains(Phases::REQUEST_BODY) {
+                each!(step, p: _P => p.on_request_body(body, end_of_stream, state))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs every `on_upstream_request`, in order.
     pub fn on_upstream_request(
         &self,
-        req: &mut RequestHeader,
+        req: &RequestHeader,
+        upstream: &mut RequestHeader,
         state: &RequestState,
     ) -> pingora::Result<()> {
         if !self.phases.contains(Phases::UPSTREAM_REQUEST) {
@@ -162,7 +181,7 @@ impl Pipeline {
         }
         for step in self.steps.iter() {
             if step.phases().contains(Phases::UPSTREAM_REQUEST) {
-                each!(step, p: _P => p.on_upstream_request(req, state))?;
+                each!(step, p: _P => p.on_upstream_request(req, upstream, state))?;
             }
         }
         Ok(())
@@ -171,15 +190,16 @@ impl Pipeline {
     /// Runs every `on_response`, in order.
     pub fn on_response(
         &self,
+        req: &RequestHeader,
         resp: &mut ResponseHeader,
-        state: &RequestState,
+        state: &mut RequestState,
     ) -> pingora::Result<()> {
         if !self.phases.contains(Phases::RESPONSE) {
             return Ok(());
         }
         for step in self.steps.iter() {
             if step.phases().contains(Phases::RESPONSE) {
-                each!(step, p: _P => p.on_response(resp, state))?;
+                each!(step, p: _P => p.on_response(req, resp, state))?;
             }
         }
         Ok(())

@@ -69,7 +69,12 @@ impl Policy for RateLimit {
         }
     }
 
-    fn on_response(&self, resp: &mut ResponseHeader, state: &RequestState) -> pingora::Result<()> {
+    fn on_response(
+        &self,
+        _req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        state: &mut RequestState,
+    ) -> pingora::Result<()> {
         if let Some(d) = &state.ratelimit {
             headers::apply(resp, d, self.limiter.tier_name(d.tier))?;
         }

@@ -26,11 +26,12 @@ impl Policy for StripPrefix {
 
     fn on_upstream_request(
         &self,
-        req: &mut RequestHeader,
+        _req: &RequestHeader,
+        upstream: &mut RequestHeader,
         _state: &RequestState,
     ) -> pingora::Result<()> {
-        if let Some(uri) = strip_prefix(&req.uri, &self.prefix) {
-            req.set_uri(uri);
+        if let Some(uri) = strip_prefix(&upstream.uri, &self.prefix) {
+            upstream.set_uri(uri);
         }
         Ok(())
     }

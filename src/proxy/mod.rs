@@ -13,6 +13,7 @@
 
 mod attempt;
 pub mod ctx;
+pub mod listener;
 mod record;
 pub mod respond;
 
@@ -112,6 +113,14 @@ impl ProxyHttp for Gateway {
             state.peer_trusted = trusted.contains(peer);
             state.client_ip = Some(trusted.client_ip(peer, &req.headers));
         }
+        if let Err(refusal) = edge_hygiene(session, &snapshot.config().server.limits) {
+            respond::refuse(session, ctx, &refusal).await?;
+            return Ok(true);
+        }
+        let RequestCtx {
+            snapshot, state, ..
+        } = &mut *ctx;
+        let req = session.req_header();
         let view = RequestView {
             method: &req.method,
             host: request_host(req),
@@ -170,9 +179,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(route) = ctx.state.route {
-            ctx.snapshot
-                .pipeline(route)
-                .on_upstream_request(upstream_request, &ctx.state)?;
+            ctx.snapshot.pipeline(route).on_upstream_request(
+                session.req_header(),
+                upstream_request,
+                &ctx.state,
+            )?;
+        }
+        if let Some(body) = &ctx.state.request_body {
+            upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         }
         crate::forwarding::set_upstream_headers(
             upstream_request,
@@ -210,10 +225,40 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         resp.insert_header(REQUEST_ID, ctx.state.request_id.as_str())?;
         if let Some(route) = ctx.state.route {
-            ctx.snapshot.pipeline(route).on_response(resp, &ctx.state)?;
+            let RequestCtx {
+                snapshot, state, ..
+            } = ctx;
+            snapshot
+                .pipeline(route)
+                .on_response(session.req_header(), resp, state)?;
         }
         if crate::signals::draining() {
             session.set_keepalive(None);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(replacement) = &ctx.state.request_body {
+            // The body was read and transformed before the upstream was chosen: every attempt
+            // sends the transformed one (Pingora replays the client's from its retry buffer).
+            *body = end_of_stream.then(|| replacement.clone());
+            return Ok(());
+        }
+        if let Some(route) = ctx.state.route {
+            let RequestCtx {
+                snapshot, state, ..
+            } = ctx;
+            snapshot
+                .pipeline(route)
+                .on_request_body(body, end_of_stream, state)
+                .map_err(Refusal::into_error)?;
         }
         Ok(())
     }
@@ -253,8 +298,11 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        // A client that went away is not a gateway error; the access log still records it
-        // (status 0).
+        // A client that went away, or a client error the gateway refused, is not a gateway
+        // error; the access log still records it.
+        if Refusal::of(error).is_some_and(|r| r.status() < 500) {
+            return true;
+        }
         error.esource() == &ErrorSource::Downstream
             && matches!(
                 error.etype(),
@@ -268,6 +316,28 @@ impl ProxyHttp for Gateway {
         ctx.slot = None;
         record::finished(&self.access_log, session, ctx);
     }
+}
+
+/// Request hygiene before routing: the raw request line (HTTP/1), head limits, `Host`, header
+/// names, then path normalisation in place.
+fn edge_hygiene(session: &mut Session, limits: &crate::config::Limits) -> Result<(), Refusal> {
+    use crate::hygiene::request_line::Verdict;
+    match listener::raw_line_verdict(session) {
+        Verdict::Invalid => {
+            return Err(Refusal::BadRequest(
+                crate::refusal::BadRequest::InvalidTarget,
+            ))
+        }
+        Verdict::TooLong => return Err(Refusal::UriTooLong),
+        Verdict::Fine => {}
+    }
+    let req = session.req_header();
+    let head_len = match session.as_downstream().as_http1() {
+        Some(h1) => h1.get_headers_raw_bytes().len(),
+        None => crate::hygiene::encoded_head_len(req),
+    };
+    crate::hygiene::check(req, head_len, limits)?;
+    crate::hygiene::sanitize(session.req_header_mut(), limits)
 }
 
 /// The request's host: the `Host` header, else the URI authority (HTTP/2).

@@ -5,7 +5,7 @@
 //! or a 502 on a limited route carries the rate-limit headers).
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
@@ -60,11 +60,14 @@ fn message_for(status: u16) -> &'static str {
 /// Answers a refused request (before any upstream is involved); the connection stays usable.
 pub async fn refuse(
     session: &mut Session,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     refusal: &Refusal,
 ) -> pingora::Result<()> {
-    let (resp, body) = answer(ctx, refusal)?;
-    if crate::signals::draining() {
+    if let Some(reason) = refusal.edge_reason() {
+        ctx.snapshot.edge_refusal(reason);
+    }
+    let (resp, body) = answer(session.req_header(), ctx, refusal)?;
+    if crate::signals::draining() || refusal.closes_connection() {
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
@@ -74,13 +77,19 @@ pub async fn refuse(
 
 /// Writes the error response for a failed proxy attempt (`status` from [`status_for`]) if the
 /// client can still take one.
-pub async fn fail(session: &mut Session, ctx: &RequestCtx, e: &Error, status: u16) {
+pub async fn fail(session: &mut Session, ctx: &mut RequestCtx, e: &Error, status: u16) {
     if status == 0 {
         return;
     }
-    let built = match Refusal::of(e) {
-        Some(refusal) => answer(ctx, refusal),
+    let refusal = Refusal::of(e);
+    if let Some(reason) = refusal.and_then(Refusal::edge_reason) {
+        ctx.snapshot.edge_refusal(reason);
+    }
+    let req = session.req_header();
+    let built = match refusal {
+        Some(refusal) => answer(req, ctx, refusal),
         None => finish(
+            req,
             ctx,
             status,
             plain_body(message_for(status), ctx.state.request_id.as_str()),
@@ -100,14 +109,65 @@ pub async fn fail(session: &mut Session, ctx: &RequestCtx, e: &Error, status: u1
 }
 
 /// The status, headers and body answering `refusal`.
-fn answer(ctx: &RequestCtx, refusal: &Refusal) -> pingora::Result<(ResponseHeader, Bytes)> {
-    let id = ctx.state.request_id.as_str();
+fn answer(
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+    refusal: &Refusal,
+) -> pingora::Result<(ResponseHeader, Bytes)> {
+    let id = ctx.state.request_id;
+    let id = id.as_str();
     let status = refusal.status();
     match refusal {
-        Refusal::NotFound => finish(ctx, status, plain_body(&refusal.to_string(), id), &[]),
+        Refusal::BadRequest(reason) => finish(
+            req,
+            ctx,
+            status,
+            Bytes::from(
+                serde_json::json!({
+                    "error": reason.message(),
+                    "reason": reason.as_str(),
+                    "request_id": id,
+                })
+                .to_string(),
+            ),
+            &[("connection", "close")],
+        ),
+        Refusal::UriTooLong => finish(
+            req,
+            ctx,
+            status,
+            plain_body("URI too long: the request line exceeds the limit", id),
+            &[("connection", "close")],
+        ),
+        Refusal::HeaderFieldsTooLarge => finish(
+            req,
+            ctx,
+            status,
+            plain_body(
+                "request header fields too large: too many header fields or bytes",
+                id,
+            ),
+            &[("connection", "close")],
+        ),
+        Refusal::PayloadTooLarge { limit } => finish(
+            req,
+            ctx,
+            status,
+            Bytes::from(
+                serde_json::json!({
+                    "error": "payload too large: the request body exceeds the limit",
+                    "limit": limit,
+                    "request_id": id,
+                })
+                .to_string(),
+            ),
+            &[("connection", "close")],
+        ),
+        Refusal::NotFound => finish(req, ctx, status, plain_body(&refusal.to_string(), id), &[]),
         Refusal::MethodNotAllowed(allowed) => {
             let allow = allowed.allow_header();
             finish(
+                req,
                 ctx,
                 status,
                 plain_body(&refusal.to_string(), id),
@@ -117,6 +177,7 @@ fn answer(ctx: &RequestCtx, refusal: &Refusal) -> pingora::Result<(ResponseHeade
         Refusal::Denied(denial) => {
             let challenge = challenge(denial);
             finish(
+                req,
                 ctx,
                 status,
                 denial_body(denial, id),
@@ -125,20 +186,24 @@ fn answer(ctx: &RequestCtx, refusal: &Refusal) -> pingora::Result<(ResponseHeade
         }
         Refusal::RateLimited(decision) => {
             let retry = decision.retry_after.to_string();
+            let body = rate_limited_body(ctx, decision, id);
             finish(
+                req,
                 ctx,
                 status,
-                rate_limited_body(ctx, decision, id),
+                body,
                 &[("retry-after", &retry)],
             )
         }
         Refusal::RateLimitStoreUnavailable => finish(
+            req,
             ctx,
             status,
             plain_body("service unavailable: rate limit store unavailable", id),
             &[("retry-after", "1")],
         ),
         Refusal::NoHealthyBackend => finish(
+            req,
             ctx,
             status,
             plain_body("service unavailable: no healthy backend", id),
@@ -147,6 +212,7 @@ fn answer(ctx: &RequestCtx, refusal: &Refusal) -> pingora::Result<(ResponseHeade
         Refusal::CircuitOpen { retry_after } => {
             let retry = retry_after.to_string();
             finish(
+                req,
                 ctx,
                 status,
                 plain_body("service unavailable: every backend's circuit is open", id),
@@ -154,12 +220,14 @@ fn answer(ctx: &RequestCtx, refusal: &Refusal) -> pingora::Result<(ResponseHeade
             )
         }
         Refusal::Overloaded => finish(
+            req,
             ctx,
             status,
             plain_body("service unavailable: upstream at its concurrency limit", id),
             &[("retry-after", "1")],
         ),
         Refusal::DeadlineExceeded => finish(
+            req,
             ctx,
             status,
             plain_body("gateway timeout: the route deadline passed", id),
@@ -170,7 +238,8 @@ fn answer(ctx: &RequestCtx, refusal: &Refusal) -> pingora::Result<(ResponseHeade
 
 /// The response header for `body`, with the route's response policies applied.
 fn finish(
-    ctx: &RequestCtx,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
     status: u16,
     body: Bytes,
     extra: &[(&'static str, &str)],
@@ -183,9 +252,10 @@ fn finish(
         resp.insert_header(*name, *value)?;
     }
     if let Some(route) = ctx.state.route {
-        ctx.snapshot
-            .pipeline(route)
-            .on_response(&mut resp, &ctx.state)?;
+        let RequestCtx {
+            snapshot, state, ..
+        } = ctx;
+        snapshot.pipeline(route).on_response(req, &mut resp, state)?;
     }
     Ok((resp, body))
 }

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use crate::auth::Authenticator;
 use crate::config::{Config, RouteId, UpstreamId};
 use crate::forwarding::TrustedProxies;
-use crate::metrics::{Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE};
+use crate::metrics::{EdgeCounters, Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE};
 use crate::policy::{Parts, Pipeline};
 use crate::ratelimit::RateLimiter;
 use crate::routing::Router;
@@ -31,6 +31,7 @@ pub struct Snapshot {
     auth: Arc<Authenticator>,
     ratelimit: Arc<RateLimiter>,
     pipelines: Vec<Pipeline>,
+    edge: EdgeCounters,
 }
 
 impl Snapshot {
@@ -102,6 +103,7 @@ impl Snapshot {
             auth,
             ratelimit,
             pipelines,
+            edge: metrics.edge().clone(),
             config: Arc::new(config),
         }
     }
@@ -154,6 +156,12 @@ impl Snapshot {
     /// The rate limiter.
     pub fn ratelimit(&self) -> &RateLimiter {
         &self.ratelimit
+    }
+
+    /// Counts an edge refusal (position in
+    /// [`EDGE_REASONS`](crate::refusal::EDGE_REASONS)).
+    pub fn edge_refusal(&self, reason: usize) {
+        self.edge.record(reason);
     }
 
     /// Metric handles of an upstream.

@@ -1,5 +1,5 @@
 //! Real HTTP backends for tests. Each answers with a JSON echo of what it received
-//! (`backend`, `method`, `path`, `headers`), counts hits, serves `/health` that a test can
+//! (`backend`, `method`, `path`, `headers`, `body`), counts hits, serves `/health` that a test can
 //! switch to failing, and takes per-request overrides: `x-test-status` and `x-test-delay-ms`.
 
 use std::convert::Infallible;
@@ -145,6 +145,12 @@ async fn handle(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    let (parts, incoming) = req.into_parts();
+    let received = http_body_util::BodyExt::collect(incoming)
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let req = Request::from_parts(parts, ());
     let mut headers = serde_json::Map::new();
     for (name, value) in req.headers() {
         let v = value.to_str().unwrap_or("<binary>").to_string();
@@ -163,6 +169,7 @@ async fn handle(
         "method": req.method().as_str(),
         "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
         "headers": headers,
+        "body": String::from_utf8_lossy(&received),
     });
     Ok(Response::builder()
         .status(status as u16)

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod jwt;
+pub mod raw;
 pub mod redis;
 
 pub use backend::TestBackend;
