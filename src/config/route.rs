@@ -90,6 +90,8 @@ pub struct RouteSpec {
     pub timeout: Option<std::time::Duration>,
     /// Scale this route's rate limits by the upstream's health.
     pub adaptive_limit: bool,
+    /// Largest request body in bytes (`None`: `[server] max_body`).
+    pub max_body: Option<u64>,
 }
 
 /// Methods a route may list. Extension methods are not routable by name.
@@ -281,6 +283,9 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
             "adaptive_limit needs rate_limit on the route",
         );
     }
+    let max_body = t
+        .get("max_body")
+        .and_then(|n| r.size(&n, super::server::MAX_BODY_LIMIT));
     let rate_limit = t.get("rate_limit").and_then(|n| {
         super::rate_limit::read_route_limit(r, &n, declared.tiers, t.get("auth").is_some())
     });
@@ -304,6 +309,7 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
         rate_limit,
         timeout,
         adaptive_limit,
+        max_body,
     })
 }
 

@@ -21,6 +21,7 @@
 
 pub mod authenticate;
 pub mod authorize;
+pub mod body_limit;
 pub mod identity;
 mod pipeline;
 pub mod rate_limit;

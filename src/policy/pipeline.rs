@@ -7,6 +7,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::authenticate::Authenticate;
 use super::authorize::Authorize;
+use super::body_limit::BodyLimit;
 use super::identity::IdentityHeaders;
 use super::rate_limit::RateLimit;
 use super::strip_prefix::StripPrefix;
@@ -19,6 +20,8 @@ use crate::upstream::UpstreamState;
 
 /// One policy of a pipeline.
 pub enum Step {
+    /// See [`super::body_limit`].
+    BodyLimit(BodyLimit),
     /// See [`super::authenticate`].
     Authenticate(Authenticate),
     /// See [`super::authorize`].
@@ -35,6 +38,10 @@ pub enum Step {
 macro_rules! each {
     ($step:expr, $p:ident : $P:ident => $body:expr) => {
         match $step {
+            Step::BodyLimit($p) => {
+                type $P = BodyLimit;
+                $body
+            }
             Step::Authenticate($p) => {
                 type $P = Authenticate;
                 $body
@@ -73,6 +80,8 @@ pub struct Parts<'a> {
     pub limiter: &'a Arc<RateLimiter>,
     /// The live state of the route's upstream (for adaptive limits).
     pub upstream: &'a Arc<UpstreamState>,
+    /// `[server] max_body`, for routes without their own.
+    pub max_body: u64,
 }
 
 /// A route's policies, in the fixed order of the [module documentation](super).
@@ -89,7 +98,9 @@ impl Pipeline {
         auth_counters: impl FnOnce() -> AuthCounters,
         decisions: impl Fn(&str, &str) -> DecisionCounters,
     ) -> Self {
-        let mut steps = Vec::new();
+        let mut steps = vec![Step::BodyLimit(BodyLimit::new(
+            spec.max_body.unwrap_or(parts.max_body),
+        ))];
         if !spec.auth.is_empty() {
             let counters = Arc::new(auth_counters());
             let authorize = Authorize::new(spec, &counters);

@@ -74,6 +74,7 @@ impl Snapshot {
                     auth: &auth,
                     limiter: &ratelimit,
                     upstream: &clusters[r.upstream.id.index()].state,
+                    max_body: config.server.max_body,
                 };
                 let providers: Vec<_> = r.auth.iter().map(|a| (a.id, a.name.as_str())).collect();
                 Pipeline::build(
