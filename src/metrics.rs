@@ -17,6 +17,8 @@ use prometheus::{
 use crate::auth::jwks::JwksMetrics;
 use crate::auth::{AuthCounters, Reason};
 use crate::config::{FailureKind, ProviderId, UpstreamSpec};
+use crate::policy::template::{SkipCounters, SKIP_REASONS};
+use crate::policy::PolicyMetrics;
 use crate::ratelimit::{DecisionCounters, StoreCounters};
 use crate::refusal::EDGE_REASONS;
 use crate::upstream::BreakerCounters;
@@ -58,6 +60,8 @@ pub struct Metrics {
     retry_budget_exhausted: IntCounterVec,
     jwks_keys: IntGaugeVec,
     edge: EdgeCounters,
+    cors_preflights: IntCounterVec,
+    transform_skipped: IntCounterVec,
     /// Connections closed because a request head did not arrive within
     /// `request_head_timeout`.
     pub edge_head_timeouts: IntCounter,
@@ -255,6 +259,20 @@ impl Metrics {
             "gatehouse_edge_head_timeouts_total",
             "Connections closed because a request head did not arrive within request_head_timeout.",
         ));
+        let cors_preflights = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_cors_preflights_total",
+                "CORS preflights answered by the gateway, by route and result (allowed, denied).",
+            ),
+            &["route", "result"],
+        ));
+        let transform_skipped = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_transform_skipped_total",
+                "Transformations skipped (the message passed unchanged), by route and reason.",
+            ),
+            &["route", "reason"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "Build information."),
             &["version"],
@@ -284,6 +302,8 @@ impl Metrics {
             Box::new(jwks_fetches.clone()),
             Box::new(jwks_last_success.clone()),
             Box::new(edge_refusals),
+            Box::new(cors_preflights.clone()),
+            Box::new(transform_skipped.clone()),
             Box::new(edge_head_timeouts.clone()),
             Box::new(build_info),
         ];
@@ -306,6 +326,8 @@ impl Metrics {
             retry_budget_exhausted,
             jwks_keys,
             edge,
+            cors_preflights,
+            transform_skipped,
             edge_head_timeouts,
             jwks_fetches,
             jwks_last_success,
@@ -405,6 +427,24 @@ impl Metrics {
             log::error!("metrics encoding failed: {e}");
         }
         out
+    }
+}
+
+impl PolicyMetrics for Metrics {
+    fn auth(&self, route: &str, providers: &[(ProviderId, &str)]) -> AuthCounters {
+        Metrics::auth(self, route, providers)
+    }
+
+    fn ratelimit_decisions(&self, route: &str, tier: &str) -> DecisionCounters {
+        Metrics::ratelimit_decisions(self, route, tier)
+    }
+
+    fn cors_preflights(&self, route: &str) -> [IntCounter; 2] {
+        ["allowed", "denied"].map(|r| self.cors_preflights.with_label_values(&[route, r]))
+    }
+
+    fn transform_skipped(&self, route: &str) -> SkipCounters {
+        SkipCounters(SKIP_REASONS.map(|r| self.transform_skipped.with_label_values(&[route, r])))
     }
 }
 

@@ -88,6 +88,14 @@ pub enum Refusal {
     /// No route matches (404).
     #[error("no route matches this request")]
     NotFound,
+    /// A CORS preflight the route's CORS settings allow: answered 204 with these headers (not
+    /// an error; the gateway answers it without the upstream).
+    #[error("CORS preflight")]
+    Preflight(Box<Vec<(http::HeaderName, http::HeaderValue)>>),
+    /// A CORS preflight whose origin, method or headers are not allowed (403, without CORS
+    /// headers).
+    #[error("CORS preflight refused: {0}")]
+    CorsDenied(&'static str),
     /// A route matches everything but the method (405 with `Allow`).
     #[error("method not allowed on this route")]
     MethodNotAllowed(MethodSet),
@@ -127,6 +135,8 @@ impl Refusal {
             Refusal::HeaderFieldsTooLarge => 431,
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::NotFound => 404,
+            Refusal::Preflight(_) => 204,
+            Refusal::CorsDenied(_) => 403,
             Refusal::MethodNotAllowed(_) => 405,
             Refusal::Denied(d) if d.reason.is_forbidden() => 403,
             Refusal::Denied(_) => 401,

@@ -133,6 +133,20 @@ impl Router {
         }
     }
 
+    /// The first route that matches everything but the method (a CORS preflight asking
+    /// about a method the route does not allow still belongs to that route).
+    pub fn lookup_any_method(&self, req: &RequestView<'_>) -> Option<RouteId> {
+        let host = req.host.map(strip_port);
+        self.entries
+            .iter()
+            .find(|e| {
+                path_matches(&e.path, req.path)
+                    && host_matches(e.host.as_ref(), host)
+                    && headers_match(&e.headers, req.headers)
+            })
+            .map(|e| e.index)
+    }
+
     /// Finds the route for a request.
     pub fn lookup(&self, req: &RequestView<'_>) -> RouteMatch {
         let host = req.host.map(strip_port);

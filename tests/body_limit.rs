@@ -130,7 +130,11 @@ async fn refusals_for_size_are_counted() {
         b"POST /small/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n",
     );
     assert_eq!(
-        metric(&gw, "gatehouse_edge_refusals_total{reason=\"payload_too_large\"}").await,
+        metric(
+            &gw,
+            "gatehouse_edge_refusals_total{reason=\"payload_too_large\"}"
+        )
+        .await,
         Some(1.0)
     );
 }

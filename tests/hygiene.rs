@@ -46,7 +46,10 @@ fn assert_refused(r: &common::raw::RawResponse, status: u16, b: &TestBackend) {
         body["request_id"].as_str().is_some_and(|id| !id.is_empty()),
         "{body}"
     );
-    assert_eq!(r.header("x-request-id"), body["request_id"].as_str().map(String::from));
+    assert_eq!(
+        r.header("x-request-id"),
+        body["request_id"].as_str().map(String::from)
+    );
     assert_eq!(b.hits(), 0, "nothing reaches the upstream");
 }
 
@@ -85,7 +88,8 @@ fn targets_with_characters_rfc_3986_does_not_allow_get_400() {
 
 #[test]
 fn request_lines_and_heads_over_the_limits_get_414_and_431() {
-    let (gw, b) = start("max_request_line = \"1KiB\"\nmax_header_bytes = \"4KiB\"\nmax_headers = 20\n");
+    let (gw, b) =
+        start("max_request_line = \"1KiB\"\nmax_header_bytes = \"4KiB\"\nmax_headers = 20\n");
     let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(2000));
     assert_refused(&exchange(gw.addr, long.as_bytes()), 414, &b);
     let big = format!(
@@ -112,9 +116,12 @@ async fn refusals_are_counted_by_reason() {
     let count = |reason: &'static str| {
         let gw = &gw;
         async move {
-            metric(gw, &format!("gatehouse_edge_refusals_total{{reason=\"{reason}\"}}"))
-                .await
-                .unwrap_or(0.0)
+            metric(
+                gw,
+                &format!("gatehouse_edge_refusals_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+            .unwrap_or(0.0)
         }
     };
     assert_eq!(count("invalid_target").await, 1.0);
@@ -203,7 +210,8 @@ fn a_client_trickling_its_head_is_closed_at_the_deadline() {
     let (gw, b) = start("request_head_timeout = \"2s\"\n");
     let mut s = connect(gw.addr);
     let started = Instant::now();
-    let head = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let head =
+        b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let mut closed_at = None;
     for byte in head {
         if s.write_all(&[*byte]).is_err() {
@@ -217,7 +225,10 @@ fn a_client_trickling_its_head_is_closed_at_the_deadline() {
     }
     // Sending the whole head this way takes 16 s; the deadline is 2 s.
     let closed_at = closed_at.expect("the connection was closed before the head was complete");
-    assert!(closed_at < Duration::from_secs(8), "closed after {closed_at:?}");
+    assert!(
+        closed_at < Duration::from_secs(8),
+        "closed after {closed_at:?}"
+    );
     assert_eq!(b.hits(), 0);
 }
 
@@ -237,11 +248,13 @@ async fn a_silent_connection_is_closed_at_the_deadline_and_counted() {
 fn idle_keepalive_connections_follow_keepalive_timeout_not_the_head_deadline() {
     let (gw, _b) = start("request_head_timeout = \"1s\"\nkeepalive_timeout = \"3s\"\n");
     let mut s = connect(gw.addr);
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut s).expect("first").status, 200);
     // Idle longer than the head deadline, shorter than the keep-alive timeout.
     std::thread::sleep(Duration::from_millis(1800));
-    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let second = read_response(&mut s).expect("the connection was still open");
     assert_eq!(second.json()["path"], "/two");
     // Then idle past the keep-alive timeout: the server closes it.
@@ -252,7 +265,8 @@ fn idle_keepalive_connections_follow_keepalive_timeout_not_the_head_deadline() {
 fn a_second_request_trickled_on_a_kept_alive_connection_is_closed_too() {
     let (gw, _b) = start("request_head_timeout = \"1s\"\n");
     let mut s = connect(gw.addr);
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut s).expect("first").status, 200);
     let started = Instant::now();
     let mut closed = false;

@@ -105,7 +105,10 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>) -> Limits {
     if let Some(n) = t.get("keepalive_timeout") {
         match r.duration(&n) {
             Some(d) if d >= Duration::from_secs(1) => l.keepalive_timeout = d,
-            Some(_) => r.error(&n, "keepalive_timeout must be at least 1s (Pingora counts whole seconds)"),
+            Some(_) => r.error(
+                &n,
+                "keepalive_timeout must be at least 1s (Pingora counts whole seconds)",
+            ),
             None => {}
         }
     }

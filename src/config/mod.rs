@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cors;
 pub mod error;
 pub mod ids;
 pub mod keys_file;
@@ -20,6 +21,7 @@ pub mod route;
 pub mod secret;
 mod ser;
 pub mod server;
+pub mod transform;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -163,10 +165,18 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             declared_upstreams.push((name, id));
         }
     }
+    let mut shared_cors = Vec::new();
+    if let Some(n) = top.get("cors") {
+        for (name, value) in r.named(&n, "CORS settings") {
+            let spec = cors::read(&mut r, &value, Some(name));
+            shared_cors.push((name.to_string(), spec));
+        }
+    }
     let declared = route::Declared {
         upstreams: &declared_upstreams,
         providers: &providers,
         tiers: &tiers,
+        cors: &shared_cors,
     };
 
     let mut routes: Vec<RouteSpec> = Vec::new();

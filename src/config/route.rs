@@ -92,6 +92,18 @@ pub struct RouteSpec {
     pub adaptive_limit: bool,
     /// Largest request body in bytes (`None`: `[server] max_body`).
     pub max_body: Option<u64>,
+    /// CORS, when the route answers browsers on other origins.
+    pub cors: Option<super::cors::CorsSpec>,
+    /// Changes to the request headers sent upstream.
+    pub request_headers: Option<super::transform::HeaderTransform>,
+    /// Changes to the response headers sent to the client.
+    pub response_headers: Option<super::transform::HeaderTransform>,
+    /// Path rewrite (exclusive with `strip_prefix`).
+    pub rewrite: Option<super::transform::Rewrite>,
+    /// Changes to JSON request bodies.
+    pub request_body: Option<super::transform::BodyTransform>,
+    /// Changes to JSON response bodies.
+    pub response_body: Option<super::transform::BodyTransform>,
 }
 
 /// Methods a route may list. Extension methods are not routable by name.
@@ -108,6 +120,8 @@ pub struct Declared<'a> {
     pub providers: &'a [(String, Option<ProviderId>)],
     /// Valid tier names, in [`TierId`](super::TierId) order.
     pub tiers: &'a [String],
+    /// Shared `[cors.NAME]` settings (`None` when the declaration is invalid).
+    pub cors: &'a [(String, Option<super::cors::CorsSpec>)],
 }
 
 /// Reads one route, resolving the names it refers to against `declared`.
@@ -286,6 +300,46 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
     let max_body = t
         .get("max_body")
         .and_then(|n| r.size(&n, super::server::MAX_BODY_LIMIT));
+    let cors = t.get("cors").and_then(|n| match n.value() {
+        toml::de::DeValue::String(name) => {
+            match declared
+                .cors
+                .iter()
+                .find(|(declared, _)| declared == name.as_ref())
+            {
+                Some((_, spec)) => spec.clone(),
+                None => {
+                    r.error(
+                        &n,
+                        format!("unknown CORS settings \"{name}\" (declare [cors.{name}])"),
+                    );
+                    None
+                }
+            }
+        }
+        _ => super::cors::read(r, &n, None),
+    });
+    let request_headers = t
+        .get("request_headers")
+        .and_then(|n| super::transform::read_headers(r, &n));
+    let response_headers = t
+        .get("response_headers")
+        .and_then(|n| super::transform::read_headers(r, &n));
+    let rewrite = t.get("rewrite").and_then(|n| {
+        if t.get("strip_prefix").is_some() {
+            r.error(
+                &n,
+                "rewrite and strip_prefix cannot be combined on one route",
+            );
+        }
+        super::transform::read_rewrite(r, &n)
+    });
+    let request_body = t
+        .get("request_body")
+        .and_then(|n| super::transform::read_body(r, &n));
+    let response_body = t
+        .get("response_body")
+        .and_then(|n| super::transform::read_body(r, &n));
     let rate_limit = t.get("rate_limit").and_then(|n| {
         super::rate_limit::read_route_limit(r, &n, declared.tiers, t.get("auth").is_some())
     });
@@ -310,6 +364,12 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
         timeout,
         adaptive_limit,
         max_body,
+        cors,
+        request_headers,
+        response_headers,
+        rewrite,
+        request_body,
+        response_body,
     })
 }
 

@@ -23,8 +23,7 @@ pub fn check(req: &RequestHeader, head_len: usize, limits: &Limits) -> Result<()
     if req.raw_path().len() as u64 > limits.max_request_line {
         return Err(Refusal::UriTooLong);
     }
-    if req.headers.len() as u64 > limits.max_headers || head_len as u64 > limits.max_header_bytes
-    {
+    if req.headers.len() as u64 > limits.max_headers || head_len as u64 > limits.max_header_bytes {
         return Err(Refusal::HeaderFieldsTooLarge);
     }
     if req.version == Version::HTTP_11 {
@@ -65,12 +64,8 @@ pub fn sanitize(req: &mut RequestHeader, limits: &Limits) -> Result<(), Refusal>
             req.remove_header(name);
         }
     }
-    let normalized = path::normalize(
-        req.uri.path(),
-        limits.merge_slashes,
-        limits.encoded_slash,
-    )
-    .map_err(|_| Refusal::BadRequest(BadRequest::EncodedSlash))?;
+    let normalized = path::normalize(req.uri.path(), limits.merge_slashes, limits.encoded_slash)
+        .map_err(|_| Refusal::BadRequest(BadRequest::EncodedSlash))?;
     if let Some(p) = normalized {
         let target = match req.uri.query() {
             Some(q) => format!("{p}?{q}"),
@@ -82,8 +77,8 @@ pub fn sanitize(req: &mut RequestHeader, limits: &Limits) -> Result<(), Refusal>
                 .parse()
                 .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?,
         );
-        let uri =
-            http::Uri::from_parts(parts).map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
+        let uri = http::Uri::from_parts(parts)
+            .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
         req.set_uri(uri);
     }
     Ok(())
@@ -111,7 +106,11 @@ mod tests {
             Err(Refusal::BadRequest(BadRequest::MissingHost))
         ));
         assert!(matches!(
-            check(&req(&[("host", "a"), ("host", "b")], Version::HTTP_11), 100, &l),
+            check(
+                &req(&[("host", "a"), ("host", "b")], Version::HTTP_11),
+                100,
+                &l
+            ),
             Err(Refusal::BadRequest(BadRequest::MultipleHost))
         ));
         assert!(check(&req(&[], Version::HTTP_10), 100, &l).is_ok());
@@ -123,11 +122,20 @@ mod tests {
             max_headers: 2,
             ..Limits::default()
         };
-        let three = req(&[("host", "a"), ("x-a", "1"), ("x-b", "2")], Version::HTTP_11);
-        assert!(matches!(check(&three, 100, &l), Err(Refusal::HeaderFieldsTooLarge)));
+        let three = req(
+            &[("host", "a"), ("x-a", "1"), ("x-b", "2")],
+            Version::HTTP_11,
+        );
+        assert!(matches!(
+            check(&three, 100, &l),
+            Err(Refusal::HeaderFieldsTooLarge)
+        ));
         let l = Limits::default();
         let one = req(&[("host", "a")], Version::HTTP_11);
-        assert!(matches!(check(&one, 40 * 1024, &l), Err(Refusal::HeaderFieldsTooLarge)));
+        assert!(matches!(
+            check(&one, 40 * 1024, &l),
+            Err(Refusal::HeaderFieldsTooLarge)
+        ));
     }
 
     #[test]
@@ -146,7 +154,11 @@ mod tests {
             ..Limits::default()
         };
         assert!(matches!(
-            check(&req(&[("host", "a"), ("x_y", "1")], Version::HTTP_11), 10, &l),
+            check(
+                &req(&[("host", "a"), ("x_y", "1")], Version::HTTP_11),
+                10,
+                &l
+            ),
             Err(Refusal::BadRequest(BadRequest::UnderscoreInHeader))
         ));
     }

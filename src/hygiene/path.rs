@@ -32,9 +32,8 @@ pub fn normalize(
     if !path.starts_with('/') {
         return Ok(None);
     }
-    let needs_work = path.contains('%')
-        || (merge_slashes && path.contains("//"))
-        || has_dot_segment(path);
+    let needs_work =
+        path.contains('%') || (merge_slashes && path.contains("//")) || has_dot_segment(path);
     if !needs_work {
         return Ok(None);
     }

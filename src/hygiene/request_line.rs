@@ -233,7 +233,10 @@ mod tests {
         for chunk in head.chunks(3) {
             used += s.feed(chunk);
         }
-        assert_eq!((s.verdict(), used, s.done()), (Verdict::TooLong, head.len(), true));
+        assert_eq!(
+            (s.verdict(), used, s.done()),
+            (Verdict::TooLong, head.len(), true)
+        );
         let mut s = HeadScan::new(16);
         s.feed(b"GET /ab HTTP/1.1\r\n\r\n");
         assert_eq!(s.verdict(), Verdict::Fine, "16 bytes is within 16");

@@ -22,10 +22,15 @@
 pub mod authenticate;
 pub mod authorize;
 pub mod body_limit;
+pub mod cors;
+pub mod headers;
 pub mod identity;
+pub mod json_body;
 mod pipeline;
 pub mod rate_limit;
+pub mod rewrite;
 pub mod strip_prefix;
+pub mod template;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -39,7 +44,7 @@ use crate::config::RouteId;
 use crate::ratelimit::Decision;
 use crate::refusal::Refusal;
 use crate::request_id::RequestId;
-pub use pipeline::{Parts, Pipeline, Step};
+pub use pipeline::{Parts, Pipeline, PolicyMetrics, Step};
 
 /// A set of pipeline phases (bit set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,6 +103,9 @@ pub struct RequestState {
     pub body_not_replayable: bool,
     /// Per-policy scratch state of body transformations.
     pub body: BodyState,
+    /// Set while the gateway writes a response of its own (a refusal or a proxy failure):
+    /// response policies that act on upstream bodies leave it alone.
+    pub gateway_response: bool,
 }
 
 /// What body transformations keep between chunks.
@@ -107,6 +115,10 @@ pub struct BodyState {
     pub request: Option<bytes::BytesMut>,
     /// Response body chunks buffered until the end; `None` when the response passes through.
     pub response: Option<bytes::BytesMut>,
+    /// The values the request body's `set` writes, rendered when the request arrived.
+    pub request_values: Vec<serde_json::Value>,
+    /// The values the response body's `set` writes, rendered with the response header.
+    pub response_values: Vec<serde_json::Value>,
 }
 
 /// One policy: the phases it implements (the rest do nothing). Implementations are dispatched

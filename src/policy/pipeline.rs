@@ -5,21 +5,30 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use prometheus::IntCounter;
+
 use super::authenticate::Authenticate;
 use super::authorize::Authorize;
 use super::body_limit::BodyLimit;
+use super::cors::Cors;
+use super::headers::HeaderRules;
 use super::identity::IdentityHeaders;
+use super::json_body::JsonBody;
 use super::rate_limit::RateLimit;
+use super::rewrite::RewritePath;
 use super::strip_prefix::StripPrefix;
+use super::template::{Names, SkipCounters};
 use super::{Phases, Policy, RequestState};
 use crate::auth::{AuthCounters, Authenticator};
-use crate::config::RouteSpec;
+use crate::config::{ProviderId, RouteSpec};
 use crate::ratelimit::{DecisionCounters, RateLimiter};
 use crate::refusal::Refusal;
 use crate::upstream::UpstreamState;
 
 /// One policy of a pipeline.
 pub enum Step {
+    /// See [`super::cors`].
+    Cors(Cors),
     /// See [`super::body_limit`].
     BodyLimit(BodyLimit),
     /// See [`super::authenticate`].
@@ -28,8 +37,14 @@ pub enum Step {
     Authorize(Authorize),
     /// See [`super::rate_limit`].
     RateLimit(RateLimit),
+    /// See [`super::headers`].
+    HeaderRules(HeaderRules),
+    /// See [`super::rewrite`].
+    Rewrite(RewritePath),
     /// See [`super::strip_prefix`].
     StripPrefix(StripPrefix),
+    /// See [`super::json_body`].
+    JsonBody(JsonBody),
     /// See [`super::identity`].
     IdentityHeaders(IdentityHeaders),
 }
@@ -38,6 +53,10 @@ pub enum Step {
 macro_rules! each {
     ($step:expr, $p:ident : $P:ident => $body:expr) => {
         match $step {
+            Step::Cors($p) => {
+                type $P = Cors;
+                $body
+            }
             Step::BodyLimit($p) => {
                 type $P = BodyLimit;
                 $body
@@ -54,8 +73,20 @@ macro_rules! each {
                 type $P = RateLimit;
                 $body
             }
+            Step::HeaderRules($p) => {
+                type $P = HeaderRules;
+                $body
+            }
+            Step::Rewrite($p) => {
+                type $P = RewritePath;
+                $body
+            }
             Step::StripPrefix($p) => {
                 type $P = StripPrefix;
+                $body
+            }
+            Step::JsonBody($p) => {
+                type $P = JsonBody;
                 $body
             }
             Step::IdentityHeaders($p) => {
@@ -72,6 +103,18 @@ impl Step {
     }
 }
 
+/// The metric handles policies record into, filled by the metrics registry.
+pub trait PolicyMetrics {
+    /// `gatehouse_auth_total` of a route accepting `providers` (id, label).
+    fn auth(&self, route: &str, providers: &[(ProviderId, &str)]) -> AuthCounters;
+    /// `gatehouse_ratelimit_decisions_total` of (route, tier).
+    fn ratelimit_decisions(&self, route: &str, tier: &str) -> DecisionCounters;
+    /// `gatehouse_cors_preflights_total` of a route, `[allowed, denied]`.
+    fn cors_preflights(&self, route: &str) -> [IntCounter; 2];
+    /// `gatehouse_transform_skipped_total` of a route.
+    fn transform_skipped(&self, route: &str) -> SkipCounters;
+}
+
 /// What the policies of a snapshot share: built once per snapshot, before the pipelines.
 pub struct Parts<'a> {
     /// The snapshot's authentication providers.
@@ -82,6 +125,10 @@ pub struct Parts<'a> {
     pub upstream: &'a Arc<UpstreamState>,
     /// `[server] max_body`, for routes without their own.
     pub max_body: u64,
+    /// The route's upstream name (for templates).
+    pub upstream_name: &'a str,
+    /// Tier names, by tier id (for templates).
+    pub tiers: &'a [String],
 }
 
 /// A route's policies, in the fixed order of the [module documentation](super).
@@ -91,18 +138,27 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// The pipeline of route `spec`; `auth_counters` and `decisions` give its metric handles.
-    pub fn build(
-        spec: &RouteSpec,
-        parts: &Parts<'_>,
-        auth_counters: impl FnOnce() -> AuthCounters,
-        decisions: impl Fn(&str, &str) -> DecisionCounters,
-    ) -> Self {
-        let mut steps = vec![Step::BodyLimit(BodyLimit::new(
+    /// The pipeline of route `spec`, in the fixed order of the [module documentation](super).
+    pub fn build(spec: &RouteSpec, parts: &Parts<'_>, metrics: &dyn PolicyMetrics) -> Self {
+        let names = || Names {
+            route: spec.name.clone(),
+            upstream: parts.upstream_name.to_string(),
+            tiers: parts.tiers.to_vec(),
+        };
+        let mut steps = Vec::new();
+        if let Some(cors) = &spec.cors {
+            steps.push(Step::Cors(Cors::new(
+                cors,
+                spec.methods.as_deref(),
+                metrics.cors_preflights(&spec.name),
+            )));
+        }
+        steps.push(Step::BodyLimit(BodyLimit::new(
             spec.max_body.unwrap_or(parts.max_body),
-        ))];
+        )));
         if !spec.auth.is_empty() {
-            let counters = Arc::new(auth_counters());
+            let providers: Vec<_> = spec.auth.iter().map(|a| (a.id, a.name.as_str())).collect();
+            let counters = Arc::new(metrics.auth(&spec.name, &providers));
             let authorize = Authorize::new(spec, &counters);
             steps.push(Step::Authenticate(Authenticate::new(
                 spec,
@@ -112,16 +168,76 @@ impl Pipeline {
             )));
             steps.extend(authorize.map(Step::Authorize));
         }
-        if let Some(route) = parts.limiter.route(spec, decisions) {
+        if let Some(route) = parts
+            .limiter
+            .route(spec, |r, t| metrics.ratelimit_decisions(r, t))
+        {
             steps.push(Step::RateLimit(RateLimit::new(
                 parts.limiter,
                 route,
                 spec.adaptive_limit.then(|| Arc::clone(parts.upstream)),
             )));
         }
+        let skipped = || metrics.transform_skipped(&spec.name);
+        if spec.request_headers.is_some() || spec.response_headers.is_some() {
+            steps.extend(
+                HeaderRules::new(
+                    spec.request_headers.as_ref(),
+                    spec.response_headers.as_ref(),
+                    names(),
+                    skipped(),
+                )
+                .map(Step::HeaderRules),
+            );
+        }
+        steps.extend(
+            spec.rewrite
+                .as_ref()
+                .map(|r| Step::Rewrite(RewritePath::new(r))),
+        );
         steps.extend(StripPrefix::new(spec).map(Step::StripPrefix));
+        if spec.request_body.is_some() || spec.response_body.is_some() {
+            steps.extend(
+                JsonBody::new(
+                    spec.request_body.as_ref(),
+                    spec.response_body.as_ref(),
+                    names(),
+                    skipped(),
+                )
+                .map(Step::JsonBody),
+            );
+        }
         steps.push(Step::IdentityHeaders(IdentityHeaders));
         Pipeline::new(steps)
+    }
+
+    /// Whether this route answers CORS preflights.
+    pub fn handles_preflight(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Cors(_)))
+    }
+
+    /// Whether the proxy should read `req`'s whole body before choosing the upstream, and
+    /// hand it to [`Pipeline::prefetched_body`].
+    pub fn prefetch_body(&self, req: &RequestHeader) -> bool {
+        self.steps.iter().any(|s| match s {
+            Step::JsonBody(j) => j.prefetch(req),
+            _ => false,
+        })
+    }
+
+    /// The body to send upstream instead of `body` (read whole by the proxy).
+    pub fn prefetched_body(
+        &self,
+        req: &RequestHeader,
+        body: Bytes,
+        state: &RequestState,
+    ) -> Result<Bytes, Refusal> {
+        for step in self.steps.iter() {
+            if let Step::JsonBody(j) = step {
+                return j.transform_request(req, &body, state);
+            }
+        }
+        Ok(body)
     }
 
     /// A pipeline of exactly `steps`, in this order.

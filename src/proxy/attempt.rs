@@ -178,7 +178,8 @@ pub fn on_proxy_error(
     mut e: Box<Error>,
     client_reused: bool,
 ) -> Box<Error> {
-    let replayable = !session.as_ref().retry_buffer_truncated();
+    // A body transformed while it streamed was sent as it ended: it cannot be sent again.
+    let replayable = !session.as_ref().retry_buffer_truncated() && !ctx.state.body_not_replayable;
     let idempotent = session.req_header().method.is_idempotent();
     if replayable && idempotent {
         // Pingora's own rule: a pooled connection closed before the request was written.

@@ -121,16 +121,17 @@ impl ProxyHttp for Gateway {
             snapshot, state, ..
         } = &mut *ctx;
         let req = session.req_header();
-        let view = RequestView {
-            method: &req.method,
-            host: request_host(req),
-            path: req.uri.path(),
-            headers: &req.headers,
-        };
-        let refusal = match snapshot.router().lookup(&view) {
+        let refusal = match route_of(snapshot, req) {
             RouteMatch::Found(route) => {
                 state.route = Some(route);
-                match snapshot.pipeline(route).on_request(req, state).await {
+                let pipeline = snapshot.pipeline(route);
+                match pipeline.on_request(req, state).await {
+                    Ok(()) if pipeline.prefetch_body(req) => {
+                        match prefetch_body(session, ctx, route).await {
+                            Ok(()) => return Ok(false),
+                            Err(refusal) => refusal,
+                        }
+                    }
                     Ok(()) => return Ok(false),
                     Err(refusal) => refusal,
                 }
@@ -248,7 +249,11 @@ impl ProxyHttp for Gateway {
         if let Some(replacement) = &ctx.state.request_body {
             // The body was read and transformed before the upstream was chosen: every attempt
             // sends the transformed one (Pingora replays the client's from its retry buffer).
-            *body = end_of_stream.then(|| replacement.clone());
+            *body = Some(if end_of_stream {
+                replacement.clone()
+            } else {
+                Bytes::new()
+            });
             return Ok(());
         }
         if let Some(route) = ctx.state.route {
@@ -316,6 +321,70 @@ impl ProxyHttp for Gateway {
         ctx.slot = None;
         record::finished(&self.access_log, session, ctx);
     }
+}
+
+/// The route of `req`. A CORS preflight is routed by the method it asks about, so that it
+/// reaches the route that would serve the actual request (whatever that route's `methods`);
+/// on a route without CORS it is an ordinary `OPTIONS` request.
+fn route_of(snapshot: &crate::snapshot::Snapshot, req: &RequestHeader) -> RouteMatch {
+    fn view<'a>(req: &'a RequestHeader, method: &'a http::Method) -> RequestView<'a> {
+        RequestView {
+            method,
+            host: request_host(req),
+            path: req.uri.path(),
+            headers: &req.headers,
+        }
+    }
+    if let Some(asked) = crate::policy::cors::preflight_method(req) {
+        let route = match snapshot.router().lookup(&view(req, &asked)) {
+            RouteMatch::Found(route) => Some(route),
+            // A method the route does not allow: its CORS settings refuse it (403).
+            _ => snapshot.router().lookup_any_method(&view(req, &asked)),
+        };
+        if let Some(route) = route.filter(|r| snapshot.pipeline(*r).handles_preflight()) {
+            return RouteMatch::Found(route);
+        }
+    }
+    snapshot.router().lookup(&view(req, &req.method))
+}
+
+/// Reads the whole request body (its declared length is at most 64 KiB) before the upstream is
+/// chosen and keeps the route's transformed version to send on every attempt. The client's
+/// body stays in Pingora's retry buffer, which is what makes Pingora replay it through
+/// `request_body_filter` (where the transformed one replaces it).
+async fn prefetch_body(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: crate::config::RouteId,
+) -> std::result::Result<(), Refusal> {
+    session.as_mut().enable_retry_buffering();
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() as u64 > crate::policy::json_body::PREFETCH_LIMIT {
+                    // More than declared: the framing lied.
+                    return Err(Refusal::BadRequest(
+                        crate::refusal::BadRequest::InvalidTarget,
+                    ));
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Refusal::BadRequest(
+                    crate::refusal::BadRequest::MalformedJson,
+                ))
+            }
+        }
+    }
+    let transformed = ctx.snapshot.pipeline(route).prefetched_body(
+        session.req_header(),
+        body.freeze(),
+        &ctx.state,
+    )?;
+    ctx.state.request_body = Some(transformed);
+    Ok(())
 }
 
 /// Request hygiene before routing: the raw request line (HTTP/1), head limits, `Host`, header

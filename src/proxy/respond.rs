@@ -163,6 +163,24 @@ fn answer(
             ),
             &[("connection", "close")],
         ),
+        Refusal::Preflight(headers) => {
+            // 204: no body, no Content-Length; the CORS answer is complete as built.
+            let mut resp = ResponseHeader::build(204, Some(headers.len() + 1))?;
+            for (name, value) in headers.iter() {
+                resp.append_header(name.clone(), value.clone())?;
+            }
+            resp.insert_header(REQUEST_ID, id)?;
+            Ok((resp, Bytes::new()))
+        }
+        Refusal::CorsDenied(_) => {
+            // Without any CORS header: the browser must not expose this answer to the page.
+            let body = plain_body(&refusal.to_string(), id);
+            let mut resp = ResponseHeader::build(status, Some(3))?;
+            resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+            resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+            resp.insert_header(REQUEST_ID, id)?;
+            Ok((resp, body))
+        }
         Refusal::NotFound => finish(req, ctx, status, plain_body(&refusal.to_string(), id), &[]),
         Refusal::MethodNotAllowed(allowed) => {
             let allow = allowed.allow_header();
@@ -187,13 +205,7 @@ fn answer(
         Refusal::RateLimited(decision) => {
             let retry = decision.retry_after.to_string();
             let body = rate_limited_body(ctx, decision, id);
-            finish(
-                req,
-                ctx,
-                status,
-                body,
-                &[("retry-after", &retry)],
-            )
+            finish(req, ctx, status, body, &[("retry-after", &retry)])
         }
         Refusal::RateLimitStoreUnavailable => finish(
             req,
@@ -255,7 +267,10 @@ fn finish(
         let RequestCtx {
             snapshot, state, ..
         } = ctx;
-        snapshot.pipeline(route).on_response(req, &mut resp, state)?;
+        state.gateway_response = true;
+        snapshot
+            .pipeline(route)
+            .on_response(req, &mut resp, state)?;
     }
     Ok((resp, body))
 }

@@ -66,6 +66,12 @@ impl Snapshot {
             previous.map(|p| &*p.ratelimit),
             metrics.ratelimit_store(),
         ));
+        let tiers: Vec<String> = config
+            .rate_limit
+            .tiers
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
         let pipelines = config
             .routes
             .iter()
@@ -75,14 +81,10 @@ impl Snapshot {
                     limiter: &ratelimit,
                     upstream: &clusters[r.upstream.id.index()].state,
                     max_body: config.server.max_body,
+                    upstream_name: &r.upstream.name,
+                    tiers: &tiers,
                 };
-                let providers: Vec<_> = r.auth.iter().map(|a| (a.id, a.name.as_str())).collect();
-                Pipeline::build(
-                    r,
-                    &parts,
-                    || metrics.auth(&r.name, &providers),
-                    |route, tier| metrics.ratelimit_decisions(route, tier),
-                )
+                Pipeline::build(r, &parts, metrics)
             })
             .collect();
         Snapshot {

@@ -1,6 +1,8 @@
 //! Real HTTP backends for tests. Each answers with a JSON echo of what it received
 //! (`backend`, `method`, `path`, `headers`, `body`), counts hits, serves `/health` that a test can
-//! switch to failing, and takes per-request overrides: `x-test-status` and `x-test-delay-ms`.
+//! switch to failing, and takes per-request overrides: `x-test-status`, `x-test-delay-ms`,
+//! `x-test-content-type` and `x-test-content-encoding` (response headers), `x-test-body` (the
+//! response body instead of the echo).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -145,6 +147,16 @@ async fn handle(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    let header_text = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type =
+        header_text("x-test-content-type").unwrap_or_else(|| "application/json".to_string());
+    let content_encoding = header_text("x-test-content-encoding");
+    let fixed_body = header_text("x-test-body");
     let (parts, incoming) = req.into_parts();
     let received = http_body_util::BodyExt::collect(incoming)
         .await
@@ -171,11 +183,16 @@ async fn handle(
         "headers": headers,
         "body": String::from_utf8_lossy(&received),
     });
-    Ok(Response::builder()
+    let mut resp = Response::builder()
         .status(status as u16)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("response"))
+        .header("content-type", content_type)
+        .header("server", "test-backend")
+        .header("x-powered-by", "tests");
+    if let Some(e) = content_encoding {
+        resp = resp.header("content-encoding", e);
+    }
+    let body = fixed_body.unwrap_or_else(|| body.to_string());
+    Ok(resp.body(Full::new(Bytes::from(body))).expect("response"))
 }
 
 /// Starts a TCP listener that accepts connections and resets them at once (no HTTP answer).
