@@ -11,6 +11,8 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # systemd-analyze verifies the shipped unit in the tests.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The CORS test drives a real headless browser.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

@@ -111,7 +111,7 @@ impl HeadScan {
                 Part::Target => self.target_byte(b),
                 Part::Version => self.version_byte(b),
                 Part::Fields => {
-                    if self.tail & 0xFFFF_FFFF == u32::from_be_bytes(*b"\r\n\r\n")
+                    if self.tail == u32::from_be_bytes(*b"\r\n\r\n")
                         || self.tail & 0xFFFF == u32::from(u16::from_be_bytes(*b"\n\n"))
                     {
                         self.part = Part::Done;

@@ -126,8 +126,10 @@ mod tests {
     fn variables_come_from_the_request_and_the_state() {
         let mut req = RequestHeader::build("GET", b"/a/b?x=1&name=jo%20e&y", None).unwrap();
         req.insert_header("x-client", "cli").unwrap();
-        let mut state = RequestState::default();
-        state.client_ip = Some("192.0.2.7".parse().unwrap());
+        let state = RequestState {
+            client_ip: Some("192.0.2.7".parse().unwrap()),
+            ..RequestState::default()
+        };
         let names = Names {
             route: "r".into(),
             upstream: "u".into(),
