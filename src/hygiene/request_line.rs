@@ -46,13 +46,34 @@ pub struct HeadScan {
     tail: u32,
 }
 
+/// A byte class table: one bit per class.
+const fn table(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// RFC 9110 token characters (methods).
+const TCHAR: [bool; 256] = table(b"!#$%&'*+-.^_`|~");
+/// RFC 3986 unreserved, sub-delims, ':', '@', '/', '?', plus what browsers send raw.
+const TARGET: [bool; 256] = table(b"-._~!$&'()*+,;=:@/?[]{}|^`");
+
 fn tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 fn target_char(b: u8) -> bool {
-    // RFC 3986 unreserved, sub-delims, ':', '@', '/', '?', plus what browsers send raw.
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?[]{}|^`".contains(&b)
+    TARGET[usize::from(b)]
 }
 
 impl HeadScan {
@@ -97,6 +118,10 @@ impl HeadScan {
             if self.part == Part::Done {
                 return i;
             }
+            if self.part == Part::Fields {
+                // The header fields are only searched for the end of the head.
+                return i + self.fields(&bytes[i..]);
+            }
             self.tail = (self.tail << 8) | u32::from(b);
             match self.part {
                 Part::Leading => {
@@ -110,14 +135,7 @@ impl HeadScan {
                 Part::Method => self.method_byte(b),
                 Part::Target => self.target_byte(b),
                 Part::Version => self.version_byte(b),
-                Part::Fields => {
-                    if self.tail == u32::from_be_bytes(*b"\r\n\r\n")
-                        || self.tail & 0xFFFF == u32::from(u16::from_be_bytes(*b"\n\n"))
-                    {
-                        self.part = Part::Done;
-                        return i + 1;
-                    }
-                }
+                Part::Fields => {}
                 Part::Done => {}
             }
             // The line's length excludes its CR LF.
@@ -132,6 +150,33 @@ impl HeadScan {
             }
         }
         bytes.len()
+    }
+
+    /// Looks for the blank line that ends the head in `rest` (header fields); returns how many
+    /// bytes of `rest` belong to the head.
+    fn fields(&mut self, rest: &[u8]) -> usize {
+        // The byte `n` places before index `j` of `rest`, reaching into earlier reads.
+        let before = |tail: u32, j: usize, n: usize| -> u8 {
+            if j >= n {
+                rest[j - n]
+            } else {
+                (tail >> (8 * (n - j - 1))) as u8
+            }
+        };
+        let mut from = 0;
+        while let Some(off) = memchr::memchr(b'\n', &rest[from..]) {
+            let j = from + off;
+            let p1 = before(self.tail, j, 1);
+            if p1 == b'\n' || (p1 == b'\r' && before(self.tail, j, 2) == b'\n') {
+                self.part = Part::Done;
+                return j + 1;
+            }
+            from = j + 1;
+        }
+        for &b in rest.iter().rev().take(4).rev() {
+            self.tail = (self.tail << 8) | u32::from(b);
+        }
+        rest.len()
     }
 
     fn method_byte(&mut self, b: u8) {

@@ -16,11 +16,12 @@
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use pingora::http::{RequestHeader, ResponseHeader};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::json_doc::Node;
 use super::template::{render, Names, SkipCounters, COMPRESSED, INVALID_JSON, NOT_JSON, TOO_LARGE};
 use super::{Phases, Policy, RequestState};
-use crate::config::transform::{BodyTransform, BodyValue, Pointer};
+use crate::config::transform::{BodyTransform, BodyValue};
 use crate::refusal::{BadRequest, Refusal};
 
 /// Largest request body read before the upstream is chosen (Pingora's retry buffer).
@@ -87,13 +88,12 @@ impl JsonBody {
         let Some(rules) = &self.request else {
             return Ok(Bytes::copy_from_slice(body));
         };
-        let mut doc: Value = serde_json::from_slice(body)
-            .map_err(|_| Refusal::BadRequest(BadRequest::MalformedJson))?;
+        let mut doc = Node::parse(body).ok_or(Refusal::BadRequest(BadRequest::MalformedJson))?;
         let values = values(rules, req, state, &self.names);
         apply(rules, &mut doc, &values);
-        serde_json::to_vec(&doc)
-            .map(Bytes::from)
-            .map_err(|_| Refusal::BadRequest(BadRequest::MalformedJson))
+        let mut out = Vec::with_capacity(body.len() + 64);
+        doc.write(&mut out);
+        Ok(Bytes::from(out))
     }
 }
 
@@ -120,72 +120,17 @@ pub fn values(
 
 /// Applies `rules` to `doc`: removals, then renames, then sets (with `values`, from
 /// [`values`]).
-pub fn apply(rules: &BodyTransform, doc: &mut Value, values: &[Value]) {
+pub fn apply(rules: &BodyTransform, doc: &mut Node, values: &[Value]) {
     for p in &rules.remove {
-        take(doc, p);
+        doc.take(p);
     }
     for (from, to) in &rules.rename {
-        if let Some(v) = take(doc, from) {
-            put(doc, to, v);
+        if let Some(v) = doc.take(from) {
+            doc.put(to, v);
         }
     }
     for ((p, _), v) in rules.set.iter().zip(values) {
-        put(doc, p, v.clone());
-    }
-}
-
-/// Removes and returns the value at `p` (object members and array elements).
-fn take(doc: &mut Value, p: &Pointer) -> Option<Value> {
-    let (last, parents) = p.tokens.split_last()?;
-    let mut cur = doc;
-    for t in parents {
-        cur = match cur {
-            Value::Object(m) => m.get_mut(t)?,
-            Value::Array(a) => a.get_mut(t.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    match cur {
-        Value::Object(m) => m.remove(last),
-        Value::Array(a) => {
-            let i = last.parse::<usize>().ok()?;
-            (i < a.len()).then(|| a.remove(i))
-        }
-        _ => None,
-    }
-}
-
-/// Writes `v` at `p`, creating intermediate objects; does nothing where a non-container is in
-/// the way.
-fn put(doc: &mut Value, p: &Pointer, v: Value) {
-    let Some((last, parents)) = p.tokens.split_last() else {
-        return;
-    };
-    let mut cur = doc;
-    for t in parents {
-        cur = match cur {
-            Value::Object(m) => m
-                .entry(t.clone())
-                .or_insert_with(|| Value::Object(Map::new())),
-            Value::Array(a) => match t.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
-                Some(next) => next,
-                None => return,
-            },
-            _ => return,
-        };
-    }
-    match cur {
-        Value::Object(m) => {
-            m.insert(last.clone(), v);
-        }
-        Value::Array(a) => {
-            if last == "-" {
-                a.push(v);
-            } else if let Some(slot) = last.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
-                *slot = v;
-            }
-        }
-        _ => {}
+        doc.put(p, Node::Value(v.clone()));
     }
 }
 
@@ -246,15 +191,14 @@ impl Policy for JsonBody {
         }
         state.body_not_replayable = true;
         let whole = state.body.request.take().unwrap_or_default().freeze();
-        let mut doc: Value = serde_json::from_slice(&whole)
-            .map_err(|_| Refusal::BadRequest(BadRequest::MalformedJson))?;
+        let mut doc = Node::parse(&whole).ok_or(Refusal::BadRequest(BadRequest::MalformedJson))?;
         apply(
             rules,
             &mut doc,
             &std::mem::take(&mut state.body.request_values),
         );
-        let out =
-            serde_json::to_vec(&doc).map_err(|_| Refusal::BadRequest(BadRequest::MalformedJson))?;
+        let mut out = Vec::with_capacity(whole.len() + 64);
+        doc.write(&mut out);
         *body = Some(Bytes::from(out));
         Ok(())
     }
@@ -332,12 +276,12 @@ impl Policy for JsonBody {
         }
         let whole = state.body.response.take().unwrap_or_default().freeze();
         let values = std::mem::take(&mut state.body.response_values);
-        let transformed = serde_json::from_slice::<Value>(&whole)
-            .ok()
-            .and_then(|mut doc| {
-                apply(rules, &mut doc, &values);
-                serde_json::to_vec(&doc).ok()
-            });
+        let transformed = Node::parse(&whole).map(|mut doc| {
+            apply(rules, &mut doc, &values);
+            let mut out = Vec::with_capacity(whole.len() + 64);
+            doc.write(&mut out);
+            out
+        });
         *body = Some(match transformed {
             Some(t) => Bytes::from(t),
             None => {
@@ -374,10 +318,9 @@ mod tests {
 
     #[test]
     fn set_remove_and_rename_follow_json_pointers() {
-        let mut doc: Value = serde_json::from_str(
-            r#"{"userName":"jo","internal":{"x":1},"list":[1,2],"keep":true}"#,
-        )
-        .unwrap();
+        let mut doc =
+            Node::parse(br#"{"userName":"jo","internal":{"x":1},"list":[1,2],"keep":true}"#)
+                .unwrap();
         let req = RequestHeader::build("POST", b"/", None).unwrap();
         let names = Names {
             route: "r".into(),
@@ -386,6 +329,9 @@ mod tests {
         };
         let values = values(&rules(), &req, &RequestState::default(), &names);
         apply(&rules(), &mut doc, &values);
+        let mut out = Vec::new();
+        doc.write(&mut out);
+        let doc: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             doc,
             serde_json::json!({"user_name":"jo","list":[2],"keep":true,"meta":{"source":"gateway","n":2}})

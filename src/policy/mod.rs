@@ -26,6 +26,7 @@ pub mod cors;
 pub mod headers;
 pub mod identity;
 pub mod json_body;
+pub mod json_doc;
 mod pipeline;
 pub mod rate_limit;
 pub mod rewrite;
