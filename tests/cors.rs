@@ -157,6 +157,7 @@ async fn a_disallowed_origin_method_or_header_gets_403_without_cors_headers() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 403, "{origin} {method} {headers}");
+        assert_eq!(resp.headers()["vary"], "Origin");
         assert!(
             !resp
                 .headers()

@@ -175,10 +175,12 @@ fn answer(
         Refusal::CorsDenied(_) => {
             // Without any CORS header: the browser must not expose this answer to the page.
             let body = plain_body(&refusal.to_string(), id);
-            let mut resp = ResponseHeader::build(status, Some(3))?;
+            let mut resp = ResponseHeader::build(status, Some(4))?;
             resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
             resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
             resp.insert_header(REQUEST_ID, id)?;
+            // Every response of a CORS route varies by origin, this one included.
+            resp.insert_header(http::header::VARY, "Origin")?;
             Ok((resp, body))
         }
         Refusal::NotFound => finish(req, ctx, status, plain_body(&refusal.to_string(), id), &[]),
