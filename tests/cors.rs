@@ -302,7 +302,11 @@ fn credentials_with_any_origin_is_a_configuration_error() {
 
 /// Serves `html` to every request on a loopback port (the page's origin).
 fn serve_page(html: String) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_page_on(TcpListener::bind("127.0.0.1:0").unwrap(), html)
+}
+
+/// Serves `html` to every request on `listener`; returns its port.
+fn serve_page_on(listener: TcpListener, html: String) -> u16 {
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
@@ -395,21 +399,10 @@ fn a_browser_on_an_allowed_origin_reads_answers_and_a_disallowed_one_cannot() {
     let page = SCRIPT.replace("GATEWAY", &gw);
 
     // Serve the allowed page on exactly that port.
-    let listener = TcpListener::bind(("127.0.0.1", allowed_port)).unwrap();
-    let html = page.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
-                    html.len()
-                )
-                .as_bytes(),
-            );
-        }
-    });
+    serve_page_on(
+        TcpListener::bind(("127.0.0.1", allowed_port)).unwrap(),
+        page.clone(),
+    );
     let r = browse(&format!("{origin}/page.html"));
     assert_eq!(r["get"]["status"], 200, "{r}");
     assert_eq!(r["get"]["body"]["backend"], "b");

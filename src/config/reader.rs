@@ -326,6 +326,25 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// Reads a regex and compiles it (once, at load).
+    pub fn regex(&mut self, node: &Node<'_, '_>) -> Option<regex::Regex> {
+        let text = self.string(node)?;
+        match regex::Regex::new(text) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let detail = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                self.error(node, format!("invalid regex \"{text}\": {detail}"));
+                None
+            }
+        }
+    }
+
     /// Reads an array; each element comes with its indexed path.
     pub fn array<'a, 'i>(&mut self, node: &Node<'a, 'i>) -> Option<Vec<Node<'a, 'i>>> {
         let DeValue::Array(items) = node.value() else {

@@ -374,23 +374,10 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
 }
 
 fn read_path(r: &mut Reader<'_>, key: &str, n: &Node<'_, '_>) -> Option<PathMatch> {
-    let v = r.string(n)?;
     if key == "path_regex" {
-        return match Regex::new(v) {
-            Ok(re) => Some(PathMatch::Regex(re)),
-            Err(e) => {
-                let detail = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                r.error(n, format!("invalid regex \"{v}\": {detail}"));
-                None
-            }
-        };
+        return r.regex(n).map(PathMatch::Regex);
     }
+    let v = r.string(n)?;
     if !v.starts_with('/') || http::uri::PathAndQuery::try_from(v).is_err() || v.contains('?') {
         r.error(
             n,

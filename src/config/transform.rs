@@ -235,23 +235,7 @@ pub fn read_rewrite(r: &mut Reader<'_>, node: &Node<'_, '_>) -> Option<Rewrite> 
     let t = r.table(node)?;
     let regex_node = t.require(r, "regex");
     let to_node = t.require(r, "to");
-    let regex = regex_node.as_ref().and_then(|n| {
-        let text = r.string(n)?;
-        match Regex::new(text) {
-            Ok(re) => Some(re),
-            Err(e) => {
-                let detail = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                r.error(n, format!("invalid regex \"{text}\": {detail}"));
-                None
-            }
-        }
-    });
+    let regex = regex_node.as_ref().and_then(|n| r.regex(n));
     let to = to_node
         .as_ref()
         .and_then(|n| r.string(n).map(|s| (s.to_string(), n.clone())));

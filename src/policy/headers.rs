@@ -66,33 +66,31 @@ trait Headers {
     fn put(&mut self, name: &HeaderName, value: HeaderValue, append: bool) -> pingora::Result<()>;
 }
 
-impl Headers for RequestHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+macro_rules! headers_impl {
+    ($t:ty) => {
+        impl Headers for $t {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
 
-    fn put(&mut self, name: &HeaderName, value: HeaderValue, append: bool) -> pingora::Result<()> {
-        if append {
-            self.append_header(name.clone(), value).map(|_| ())
-        } else {
-            self.insert_header(name.clone(), value)
+            fn put(
+                &mut self,
+                name: &HeaderName,
+                value: HeaderValue,
+                append: bool,
+            ) -> pingora::Result<()> {
+                if append {
+                    self.append_header(name.clone(), value).map(|_| ())
+                } else {
+                    self.insert_header(name.clone(), value)
+                }
+            }
         }
-    }
+    };
 }
 
-impl Headers for ResponseHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-
-    fn put(&mut self, name: &HeaderName, value: HeaderValue, append: bool) -> pingora::Result<()> {
-        if append {
-            self.append_header(name.clone(), value).map(|_| ())
-        } else {
-            self.insert_header(name.clone(), value)
-        }
-    }
-}
+headers_impl!(RequestHeader);
+headers_impl!(ResponseHeader);
 
 impl Policy for HeaderRules {
     const PHASES: Phases = Phases::UPSTREAM_REQUEST.union(Phases::RESPONSE);
