@@ -57,6 +57,7 @@ pub struct Entry<'a> {
 }
 
 /// The request-path side of the access log.
+#[derive(Clone)]
 pub struct AccessLog {
     tx: Option<mpsc::Sender<String>>,
     include_query: bool,

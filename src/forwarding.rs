@@ -59,6 +59,7 @@ pub fn set_upstream_headers(
     peer: Option<IpAddr>,
     peer_trusted: bool,
     host: Option<&str>,
+    tls: bool,
 ) -> pingora::Result<()> {
     let Some(peer) = peer.map(canonical) else {
         // Not an IP peer (e.g. a Unix socket): pass nothing on the client's word.
@@ -80,7 +81,7 @@ pub fn set_upstream_headers(
     let keep_proto = peer_trusted && req.headers.contains_key(XFP);
     let keep_host = peer_trusted && req.headers.contains_key(XFH);
     if !keep_proto {
-        req.insert_header(XFP, "http")?;
+        req.insert_header(XFP, if tls { "https" } else { "http" })?;
     }
     if !keep_host {
         match host {

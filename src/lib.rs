@@ -55,4 +55,5 @@ pub mod server;
 pub mod services;
 pub mod signals;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

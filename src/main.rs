@@ -35,6 +35,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
     if cli.test {
         println!("{}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;

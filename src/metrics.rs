@@ -61,6 +61,7 @@ pub struct Metrics {
     jwks_keys: IntGaugeVec,
     edge: EdgeCounters,
     cors_preflights: IntCounterVec,
+    tls_failures: IntCounterVec,
     transform_skipped: IntCounterVec,
     /// Connections closed because a request head did not arrive within
     /// `request_head_timeout`.
@@ -273,6 +274,13 @@ impl Metrics {
             ),
             &["route", "reason"],
         ));
+        let tls_failures = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason.",
+            ),
+            &["reason"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "Build information."),
             &["version"],
@@ -303,6 +311,7 @@ impl Metrics {
             Box::new(jwks_last_success.clone()),
             Box::new(edge_refusals),
             Box::new(cors_preflights.clone()),
+            Box::new(tls_failures.clone()),
             Box::new(transform_skipped.clone()),
             Box::new(edge_head_timeouts.clone()),
             Box::new(build_info),
@@ -327,6 +336,7 @@ impl Metrics {
             jwks_keys,
             edge,
             cors_preflights,
+            tls_failures,
             transform_skipped,
             edge_head_timeouts,
             jwks_fetches,
@@ -363,6 +373,12 @@ impl Metrics {
             self.ratelimit_decisions
                 .with_label_values(&[route, tier, d])
         })
+    }
+
+    /// TLS handshake failure counters, by
+    /// [`FAILURE_REASONS`](crate::tls::FAILURE_REASONS) (pre-created at zero).
+    pub fn tls_handshake_failures(&self) -> [IntCounter; 5] {
+        crate::tls::FAILURE_REASONS.map(|r| self.tls_failures.with_label_values(&[r]))
     }
 
     /// The edge refusal counters.

@@ -96,6 +96,12 @@ pub enum Refusal {
     /// headers).
     #[error("CORS preflight refused: {0}")]
     CorsDenied(&'static str),
+    /// A plain-HTTP request on a gateway that redirects to HTTPS (308 to this location).
+    #[error("redirect to HTTPS")]
+    Redirect(String),
+    /// A TLS request whose `Host` is not the SNI name, with `strict_sni` (421).
+    #[error("misdirected request: the Host does not match the TLS server name")]
+    Misdirected,
     /// A route matches everything but the method (405 with `Allow`).
     #[error("method not allowed on this route")]
     MethodNotAllowed(MethodSet),
@@ -136,6 +142,8 @@ impl Refusal {
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::NotFound => 404,
             Refusal::Preflight(_) => 204,
+            Refusal::Redirect(_) => 308,
+            Refusal::Misdirected => 421,
             Refusal::CorsDenied(_) => 403,
             Refusal::MethodNotAllowed(_) => 405,
             Refusal::Denied(d) if d.reason.is_forbidden() => 403,

@@ -70,24 +70,68 @@ pub fn run(config: Config, cli: &Cli) -> ! {
     let (access_log, access_log_lines) =
         crate::access_log::new(&config.access_log, metrics.access_log_dropped.clone());
 
-    let mut http = pingora::proxy::http_proxy(
-        &server.configuration,
-        Gateway::new(store.clone(), Arc::clone(&metrics), access_log),
-    );
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    http.server_options = Some(options);
+    let tls_conns = Arc::new(crate::tls::Connections::default());
+    let pingora_conf = Arc::clone(&server.configuration);
+    let http = |h2c: bool| {
+        let mut http = pingora::proxy::http_proxy(
+            &pingora_conf,
+            Gateway::new(
+                store.clone(),
+                Arc::clone(&metrics),
+                access_log.clone(),
+                Arc::clone(&tls_conns),
+            ),
+        );
+        let mut options = HttpServerOptions::default();
+        options.h2c = h2c;
+        http.server_options = Some(options);
+        http
+    };
     // The edge app wraps each connection to enforce the head deadline and see raw request
     // lines (see proxy::listener).
     let mut proxy = Service::new(
         "gatehouse proxy".to_string(),
-        EdgeApp::new(http, store.clone(), metrics.edge_head_timeouts.clone()),
+        EdgeApp::new(
+            http(true),
+            store.clone(),
+            metrics.edge_head_timeouts.clone(),
+            None,
+        ),
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy).add_dependency(&bootstrap);
+    if let Some(tls) = &config.server.tls {
+        // TLS listeners: plain TCP listeners whose app runs the handshake (see proxy::tls).
+        let rustls = match crate::proxy::tls::server_config(tls, store.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cannot set up TLS: {e}");
+                std::process::exit(1);
+            }
+        };
+        let entry = crate::proxy::tls::TlsEntry::new(
+            rustls,
+            Arc::clone(&tls_conns),
+            metrics.tls_handshake_failures(),
+        );
+        let mut service = Service::new(
+            "gatehouse tls".to_string(),
+            EdgeApp::new(
+                http(false),
+                store.clone(),
+                metrics.edge_head_timeouts.clone(),
+                Some(entry),
+            ),
+        );
+        for addr in &tls.listen {
+            service.add_tcp(&addr.to_string());
+        }
+        service.threads = Some(config.server.threads);
+        server.add_service(service).add_dependency(&bootstrap);
+    }
 
     if let Some(admin) = &config.admin {
         let mut service = Service::new(

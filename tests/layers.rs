@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "forwarding",
             "hygiene",
             "request_id",
+            "tls",
             "auth",
             "ratelimit",
             "upstream",

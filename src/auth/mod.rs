@@ -24,13 +24,18 @@ use jwks::{JwksMetrics, JwksSet};
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 
 /// Identity headers the gateway sets; any copy a client sends is removed.
-pub const IDENTITY_HEADERS: [http::HeaderName; 5] = [
+pub const IDENTITY_HEADERS: [http::HeaderName; 6] = [
     http::HeaderName::from_static("x-consumer-id"),
     http::HeaderName::from_static("x-consumer-tier"),
     http::HeaderName::from_static("x-auth-method"),
     http::HeaderName::from_static("x-auth-roles"),
     http::HeaderName::from_static("x-auth-scopes"),
+    CLIENT_CERT_SUBJECT,
 ];
+
+/// The subject of the client's TLS certificate (mTLS), sent upstream when there is one.
+pub const CLIENT_CERT_SUBJECT: http::HeaderName =
+    http::HeaderName::from_static("x-client-cert-subject");
 
 enum Provider {
     Jwt(jwt::JwtVerifier),

@@ -21,6 +21,7 @@ pub mod route;
 pub mod secret;
 mod ser;
 pub mod server;
+pub mod tls;
 pub mod transform;
 pub mod upstream;
 
@@ -69,6 +70,10 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Rate limiting tiers and store.
     pub rate_limit: RateLimitSettings,
+    /// Problems that do not make the file invalid (a certificate about to expire); printed by
+    /// `-t` and logged when the file is loaded.
+    #[serde(skip)]
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
@@ -138,7 +143,8 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let admin = top.get("admin").and_then(|n| admin::read_admin(&mut r, &n));
     let access_log = admin::read_access_log(&mut r, top.get("access_log").as_ref());
     if let (Some(a), Some(n)) = (&admin, top.get("admin")) {
-        if server.listen.contains(&a.listen) {
+        let tls_listen = server.tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
+        if server.listen.contains(&a.listen) || tls_listen.contains(&a.listen) {
             let at = r
                 .map(&n)
                 .and_then(|t| t.get("listen"))
@@ -201,11 +207,13 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         }
     }
 
+    let warnings = r.take_warnings();
     let errors = r.into_errors();
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     Ok(Config {
+        warnings,
         source: path.to_path_buf(),
         server,
         upstreams,

@@ -36,6 +36,8 @@ pub struct Reader<'s> {
     foreign: Vec<ConfigError>,
     /// Schema tables read so far, checked for keys nobody asked for at the end.
     tracked: Vec<Tracked>,
+    /// Problems that do not make the file invalid.
+    warnings: Vec<ConfigError>,
 }
 
 /// The keys of one schema table and the names the schema asked it for.
@@ -87,6 +89,7 @@ impl<'s> Reader<'s> {
             errors: Vec::new(),
             foreign: Vec::new(),
             tracked: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -106,22 +109,39 @@ impl<'s> Reader<'s> {
         self.foreign.extend(errors);
     }
 
-    /// Records a problem at `span`.
-    pub fn error_at(&mut self, span: Range<usize>, path: &str, message: impl Into<String>) {
+    /// A problem at `span`, with its position.
+    fn located(&self, span: Range<usize>, path: &str, message: String) -> (usize, ConfigError) {
         let offset = span.start.min(self.src.len());
         let line = self.line_starts.partition_point(|&s| s <= offset);
         let line_start = self.line_starts[line - 1];
         let column = self.src[line_start..offset].chars().count() + 1;
-        self.errors.push((
+        (
             offset,
             ConfigError {
                 file: self.file.to_path_buf(),
                 line,
                 column,
                 path: path.to_string(),
-                message: message.into(),
+                message,
             },
-        ));
+        )
+    }
+
+    /// Records a problem at `span`.
+    pub fn error_at(&mut self, span: Range<usize>, path: &str, message: impl Into<String>) {
+        let e = self.located(span, path, message.into());
+        self.errors.push(e);
+    }
+
+    /// Records a warning about `node`: reported, but the file stays valid.
+    pub fn warn(&mut self, node: &Node<'_, '_>, message: impl Into<String>) {
+        let (_, w) = self.located(node.span(), &node.path, message.into());
+        self.warnings.push(w);
+    }
+
+    /// Takes the warnings recorded so far.
+    pub fn take_warnings(&mut self) -> Vec<ConfigError> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// Records a problem with `node`.

@@ -33,6 +33,8 @@ pub struct ServerSettings {
     pub max_body: u64,
     /// What the edge refuses (`[server.limits]`).
     pub limits: super::limits::Limits,
+    /// TLS listeners and certificates (`[server.tls]`), if any.
+    pub tls: Option<super::tls::TlsSettings>,
 }
 
 /// Largest accepted `max_body`.
@@ -50,6 +52,7 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             max_body: 10 * 1024 * 1024,
             limits: super::limits::Limits::default(),
+            tls: None,
         }
     }
 }
@@ -115,6 +118,16 @@ pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> ServerSettings {
     }
     if let Some(n) = t.get("limits") {
         s.limits = super::limits::read(r, &n);
+    }
+    if let Some(n) = t.get("tls") {
+        s.tls = super::tls::read(r, &n);
+        if let Some(clash) = s
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.listen.iter().find(|a| s.listen.contains(a)))
+        {
+            r.error(&n, format!("{clash} is both a plain and a TLS listener"));
+        }
     }
     if let Some(n) = t.get("trusted_proxies") {
         if let Some(items) = r.strings(&n) {

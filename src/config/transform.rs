@@ -147,6 +147,7 @@ const UNTOUCHABLE: &[&str] = &[
     "x-auth-method",
     "x-auth-roles",
     "x-auth-scopes",
+    "x-client-cert-subject",
 ];
 
 /// Reads `[routes.request_headers]` or `[routes.response_headers]`.

@@ -1,6 +1,8 @@
 //! Identity headers, on every route (public ones too): copies of `X-Consumer-Id`,
-//! `X-Consumer-Tier`, `X-Auth-Method`, `X-Auth-Roles` and `X-Auth-Scopes` sent by the client are
-//! removed, and on authenticated requests the caller's are set, so an upstream can trust them.
+//! `X-Consumer-Tier`, `X-Auth-Method`, `X-Auth-Roles`, `X-Auth-Scopes` and
+//! `X-Client-Cert-Subject` sent by the client are removed, and the caller's are set (from
+//! authentication, and from the TLS client certificate with mTLS), so an upstream can trust
+//! them.
 
 use pingora::http::RequestHeader;
 
@@ -28,6 +30,11 @@ impl Policy for IdentityHeaders {
         if let Some(id) = &state.identity {
             for (name, value) in &id.headers {
                 req.insert_header(*name, value.clone())?;
+            }
+        }
+        if let Some(subject) = &state.client_cert_subject {
+            if let Ok(v) = http::HeaderValue::from_str(subject) {
+                req.insert_header(crate::auth::CLIENT_CERT_SUBJECT, v)?;
             }
         }
         Ok(())

@@ -104,6 +104,10 @@ pub struct RequestState {
     pub body_not_replayable: bool,
     /// Per-policy scratch state of body transformations.
     pub body: BodyState,
+    /// Whether the request came over TLS.
+    pub tls: bool,
+    /// The subject of the client's TLS certificate (mTLS).
+    pub client_cert_subject: Option<Arc<str>>,
     /// Set while the gateway writes a response of its own (a refusal or a proxy failure):
     /// response policies that act on upstream bodies leave it alone.
     pub gateway_response: bool,

@@ -343,16 +343,24 @@ pub struct EdgeApp {
     proxy: Arc<HttpProxy<Gateway>>,
     store: SnapshotStore,
     head_timeouts: IntCounter,
+    tls: Option<super::tls::TlsEntry>,
 }
 
 impl EdgeApp {
     /// Serves `proxy` with the limits of whatever `store` holds when a connection arrives;
-    /// closed heads are counted in `head_timeouts`.
-    pub fn new(proxy: HttpProxy<Gateway>, store: SnapshotStore, head_timeouts: IntCounter) -> Self {
+    /// closed heads are counted in `head_timeouts`. With `tls`, connections start with its
+    /// handshake (a TLS listener).
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        store: SnapshotStore,
+        head_timeouts: IntCounter,
+        tls: Option<super::tls::TlsEntry>,
+    ) -> Self {
         EdgeApp {
             proxy: Arc::new(proxy),
             store,
             head_timeouts,
+            tls,
         }
     }
 
@@ -386,6 +394,11 @@ impl ServerApp for EdgeApp {
     ) -> Option<Stream> {
         let accepted = Instant::now();
         let limits = self.store.load().config().server.limits;
+        let stream = match &self.tls {
+            // The handshake counts against the first head's deadline.
+            Some(tls) => tls.accept(stream, limits.request_head_timeout).await?,
+            None => stream,
+        };
         let mut guard = HeadGuard::new(
             stream,
             accepted,

@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod listener;
 mod record;
 pub mod respond;
+pub mod tls;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -37,21 +38,71 @@ use crate::snapshot::SnapshotStore;
 use ctx::RequestCtx;
 use respond::REQUEST_ID;
 
-/// The gateway: one instance serves every listener, reading the current snapshot per request.
+/// The gateway: serves a listener service, reading the current snapshot per request.
 pub struct Gateway {
     store: SnapshotStore,
     metrics: Arc<Metrics>,
     access_log: AccessLog,
+    tls_conns: Arc<crate::tls::Connections>,
 }
 
 impl Gateway {
-    /// A gateway serving whatever `store` holds.
-    pub fn new(store: SnapshotStore, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
+    /// A gateway serving whatever `store` holds; `tls_conns` holds what TLS handshakes learnt.
+    pub fn new(
+        store: SnapshotStore,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+        tls_conns: Arc<crate::tls::Connections>,
+    ) -> Self {
         Gateway {
             store,
             metrics,
             access_log,
+            tls_conns,
         }
+    }
+}
+
+impl Gateway {
+    /// TLS at the request level: plain requests redirected to https (`redirect_http`), the SNI
+    /// name and `Host` must agree (`strict_sni`, else 421), the client certificate's subject
+    /// for the identity headers.
+    fn tls_checks(
+        &self,
+        session: &Session,
+        server: &crate::config::ServerSettings,
+        state: &mut crate::policy::RequestState,
+    ) -> Option<Refusal> {
+        let tls = server.tls.as_ref()?;
+        if !state.tls {
+            if !tls.redirect_http {
+                return None;
+            }
+            let req = session.req_header();
+            let host = request_host(req).map(crate::routing::strip_port)?;
+            let port = tls.listen.first().map_or(443, |a| a.port());
+            let authority = if port == 443 {
+                host.to_string()
+            } else {
+                format!("{host}:{port}")
+            };
+            let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            return Some(Refusal::Redirect(format!("https://{authority}{target}")));
+        }
+        let peer = session.client_addr().and_then(|a| a.as_inet())?;
+        let info = self.tls_conns.get(peer)?;
+        state.client_cert_subject = info.client_subject.as_deref().map(Arc::from);
+        if tls.strict_sni {
+            let host = request_host(session.req_header()).map(crate::routing::strip_port);
+            let agrees = match (&info.sni, host) {
+                (Some(sni), Some(host)) => sni.eq_ignore_ascii_case(host),
+                _ => true,
+            };
+            if !agrees {
+                return Some(Refusal::Misdirected);
+            }
+        }
+        None
     }
 }
 
@@ -113,7 +164,13 @@ impl ProxyHttp for Gateway {
             state.peer_trusted = trusted.contains(peer);
             state.client_ip = Some(trusted.client_ip(peer, &req.headers));
         }
-        if let Err(refusal) = edge_hygiene(session, &snapshot.config().server.limits) {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        state.tls = tls;
+        let mut refusal = edge_hygiene(session, &snapshot.config().server.limits).err();
+        if refusal.is_none() {
+            refusal = self.tls_checks(session, &snapshot.config().server, state);
+        }
+        if let Some(refusal) = refusal {
             respond::refuse(session, ctx, &refusal).await?;
             return Ok(true);
         }
@@ -198,6 +255,7 @@ impl ProxyHttp for Gateway {
                 .map(|a| a.ip()),
             ctx.state.peer_trusted,
             request_host(session.req_header()),
+            ctx.state.tls,
         )?;
         upstream_request.insert_header(REQUEST_ID, ctx.state.request_id.as_str())?;
         Ok(())

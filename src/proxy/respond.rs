@@ -183,6 +183,14 @@ fn answer(
             resp.insert_header(http::header::VARY, "Origin")?;
             Ok((resp, body))
         }
+        Refusal::Redirect(location) => finish(
+            req,
+            ctx,
+            status,
+            plain_body("moved to HTTPS", id),
+            &[("location", location)],
+        ),
+        Refusal::Misdirected => finish(req, ctx, status, plain_body(&refusal.to_string(), id), &[]),
         Refusal::NotFound => finish(req, ctx, status, plain_body(&refusal.to_string(), id), &[]),
         Refusal::MethodNotAllowed(allowed) => {
             let allow = allowed.allow_header();

@@ -65,6 +65,9 @@ impl Reloader {
                 ReloadOutcome::Rejected(errors)
             }
             Ok(new) => {
+                for w in &new.warnings {
+                    log::warn!("{w}");
+                }
                 let needs_upgrade = fixed_settings_changed(&self.started_with, &new);
                 if !needs_upgrade.is_empty() {
                     log::warn!(
@@ -103,6 +106,34 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if a.graceful_shutdown_timeout != b.graceful_shutdown_timeout {
         changed.push("server.graceful_shutdown_timeout");
+    }
+    let tls = |c: &Config| {
+        c.server.tls.as_ref().map(|t| {
+            (
+                t.listen.clone(),
+                t.min_version,
+                t.alpn.clone(),
+                t.client_auth.clone(),
+            )
+        })
+    };
+    match (tls(old), tls(new)) {
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => changed.push("server.tls"),
+        (Some((la, va, aa, ca)), Some((lb, vb, ab, cb))) => {
+            if la != lb {
+                changed.push("server.tls.listen");
+            }
+            if va != vb {
+                changed.push("server.tls.min_version");
+            }
+            if aa != ab {
+                changed.push("server.tls.alpn");
+            }
+            if ca != cb {
+                changed.push("server.tls.client_auth");
+            }
+        }
     }
     if old.admin.as_ref().map(|x| x.listen) != new.admin.as_ref().map(|x| x.listen) {
         changed.push("admin.listen");

@@ -1,5 +1,5 @@
 //! The live gauges: backend health, in-flight count, drained flag and circuit state per
-//! backend, and the adaptive limit factor per route. They are read from the current snapshot
+//! backend, the adaptive limit factor per route, and TLS certificate expiry. They are read from the current snapshot
 //! at scrape time by one `prometheus` [`Collector`], registered once, so nothing is reset or
 //! refilled under a lock and removed backends disappear with their snapshot.
 
@@ -19,6 +19,17 @@ fn backend_gauge(name: &str, help: &str) -> IntGaugeVec {
     // Names and labels are constants; a failure here is a programming error caught by tests.
     IntGaugeVec::new(Opts::new(name, help), &["upstream", "backend"])
         .unwrap_or_else(|e| panic!("gauge {name}: {e}"))
+}
+
+fn expiry_gauge() -> IntGaugeVec {
+    IntGaugeVec::new(
+        Opts::new(
+            "gatehouse_tls_certificate_expiry_timestamp_seconds",
+            "When each TLS certificate expires (Unix time), by its first name.",
+        ),
+        &["name"],
+    )
+    .unwrap_or_else(|e| panic!("gauge gatehouse_tls_certificate_expiry_timestamp_seconds: {e}"))
 }
 
 fn vecs() -> ([IntGaugeVec; 4], GaugeVec) {
@@ -56,10 +67,12 @@ impl LiveGauges {
     /// Gauges over whatever `store` holds at each scrape.
     pub fn new(store: SnapshotStore) -> Self {
         let (backend, factor) = vecs();
+        let expiry = expiry_gauge();
         let descs = backend
             .iter()
             .flat_map(|v| v.desc())
             .chain(factor.desc())
+            .chain(expiry.desc())
             .cloned()
             .collect();
         LiveGauges { store, descs }
@@ -99,7 +112,13 @@ impl Collector for LiveGauges {
                     .set(snapshot.cluster_of(id).state.factor());
             }
         }
-        [healthy, inflight, drained, circuit]
+        let expiry = expiry_gauge();
+        if let Some(certs) = snapshot.certs() {
+            for (name, at) in certs.expiry() {
+                expiry.with_label_values(&[name.as_str()]).set(*at);
+            }
+        }
+        [healthy, inflight, drained, circuit, expiry]
             .iter()
             .flat_map(|v| v.collect())
             .chain(factor.collect())

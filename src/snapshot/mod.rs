@@ -32,6 +32,7 @@ pub struct Snapshot {
     ratelimit: Arc<RateLimiter>,
     pipelines: Vec<Pipeline>,
     edge: EdgeCounters,
+    certs: Option<Arc<crate::tls::CertStore>>,
 }
 
 impl Snapshot {
@@ -107,6 +108,13 @@ impl Snapshot {
             ratelimit,
             pipelines,
             edge: metrics.edge().clone(),
+            // Certificates were checked when the configuration was loaded.
+            certs: config
+                .server
+                .tls
+                .as_ref()
+                .and_then(|t| crate::tls::CertStore::new(t).ok())
+                .map(Arc::new),
             config: Arc::new(config),
         }
     }
@@ -167,6 +175,11 @@ impl Snapshot {
         self.edge.record(reason);
     }
 
+    /// The TLS certificates, when TLS listeners are configured.
+    pub fn certs(&self) -> Option<&crate::tls::CertStore> {
+        self.certs.as_deref()
+    }
+
     /// Metric handles of an upstream.
     pub fn upstream_metrics(&self, upstream: UpstreamId) -> &UpstreamMetrics {
         &self.upstream_metrics[upstream.index()]
@@ -176,6 +189,12 @@ impl Snapshot {
 /// The shared, atomically swappable current snapshot.
 #[derive(Clone)]
 pub struct SnapshotStore(Arc<ArcSwap<Snapshot>>);
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotStore")
+    }
+}
 
 impl SnapshotStore {
     /// A store holding `snapshot`.

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod jwt;
+pub mod pki;
 pub mod raw;
 pub mod redis;
 
