@@ -27,4 +27,11 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
     || python3 -m pip install -q --break-system-packages prometheus-client \
     || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"; $SUDO apt-get install -y -qq python3-prometheus-client >/dev/null; }
 fi
+# The protocol tests drive real gRPC and WebSocket clients and servers.
+for mod in grpc:grpcio websockets:websockets; do
+  if ! python3 -c "import ${mod%%:*}" 2>/dev/null; then
+    python3 -m pip install -q "${mod#*:}" 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages "${mod#*:}"
+  fi
+done
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from rustup first" >&2; exit 1; }

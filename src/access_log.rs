@@ -54,6 +54,10 @@ pub struct Entry<'a> {
     pub tier: Option<&'a str>,
     /// Whether the request was refused by the rate limit (on limited routes).
     pub rate_limited: Option<bool>,
+    /// The `grpc-status` of a gRPC answer the gateway wrote itself (its `status` is then the
+    /// HTTP status that answer stands for, although HTTP 200 went on the wire).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<&'static str>,
 }
 
 /// The request-path side of the access log.

@@ -109,6 +109,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The value of cookie `name` in `req`'s `Cookie` headers, if present and not empty.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then_some(v.as_bytes())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | process primitives | [`clock`], [`signals`] |
 //! | configuration | [`config`] |
-//! | domain | [`bounded`], [`routing`], [`forwarding`], [`request_id`], [`auth`], [`ratelimit`], [`upstream`], [`refusal`], [`policy`], [`access_log`] |
+//! | domain | [`bounded`], [`routing`], [`forwarding`], [`grpc`], [`hygiene`], [`tls`], [`request_id`], [`auth`], [`ratelimit`], [`upstream`], [`refusal`], [`policy`], [`access_log`] |
 //! | metrics registry | [`metrics`] |
 //! | snapshot | [`snapshot`] |
 //! | background services | [`services`] |
@@ -43,6 +43,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod forwarding;
+pub mod grpc;
 pub mod hygiene;
 pub mod metrics;
 pub mod policy;

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub edge_head_timeouts: IntCounter,
     jwks_fetches: IntCounterVec,
     jwks_last_success: IntGaugeVec,
+    websockets_active: IntGaugeVec,
+    websockets: IntCounterVec,
 }
 
 /// `gatehouse_edge_refusals_total`, by reason ([`EDGE_REASONS`]).
@@ -87,6 +89,18 @@ impl EdgeCounters {
 pub struct RouteMetrics {
     requests: [IntCounter; 6],
     duration: Histogram,
+    websockets_active: IntGauge,
+    websockets: IntCounter,
+}
+
+/// Keeps one upgraded WebSocket connection counted in
+/// `gatehouse_websocket_connections_active` until dropped.
+pub struct WebSocketGuard(IntGauge);
+
+impl Drop for WebSocketGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Pre-resolved handles for one upstream.
@@ -98,6 +112,14 @@ pub struct UpstreamMetrics {
 }
 
 impl RouteMetrics {
+    /// Counts a WebSocket connection upgraded on this route; it stays active until the guard
+    /// is dropped.
+    pub fn websocket_opened(&self) -> WebSocketGuard {
+        self.websockets.inc();
+        self.websockets_active.inc();
+        WebSocketGuard(self.websockets_active.clone())
+    }
+
     /// Records one finished request.
     pub fn record(&self, status: u16, seconds: f64) {
         self.requests[status_class(status)].inc();
@@ -281,6 +303,20 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let websockets_active = must(IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_websocket_connections_active",
+                "Upgraded WebSocket connections currently open, by route.",
+            ),
+            &["route"],
+        ));
+        let websockets = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_websocket_connections_total",
+                "WebSocket connections upgraded, by route.",
+            ),
+            &["route"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "Build information."),
             &["version"],
@@ -314,6 +350,8 @@ impl Metrics {
             Box::new(tls_failures.clone()),
             Box::new(transform_skipped.clone()),
             Box::new(edge_head_timeouts.clone()),
+            Box::new(websockets_active.clone()),
+            Box::new(websockets.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -341,6 +379,8 @@ impl Metrics {
             edge_head_timeouts,
             jwks_fetches,
             jwks_last_success,
+            websockets_active,
+            websockets,
         })
     }
 
@@ -350,6 +390,8 @@ impl Metrics {
             requests: CLASSES
                 .map(|class| self.requests.with_label_values(&[route, upstream, class])),
             duration: self.request_duration.with_label_values(&[route]),
+            websockets_active: self.websockets_active.with_label_values(&[route]),
+            websockets: self.websockets.with_label_values(&[route]),
         }
     }
 

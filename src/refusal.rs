@@ -130,6 +130,18 @@ pub enum Refusal {
     /// The route deadline passed before an attempt could start (504).
     #[error("route deadline passed")]
     DeadlineExceeded,
+    /// A gRPC request on a route whose upstream speaks HTTP/1.1 (502; gRPC 14 UNAVAILABLE).
+    #[error(
+        "this route's upstream speaks HTTP/1.1 and cannot carry gRPC (it needs protocol h2 or h2c)"
+    )]
+    GrpcNeedsHttp2,
+    /// A gRPC-Web request on a route without `grpc_web = true`, or in the text encoding
+    /// (415; gRPC 12 UNIMPLEMENTED).
+    #[error("{0}")]
+    GrpcWebUnsupported(&'static str),
+    /// A WebSocket upgrade on a route with `websocket = false` (400).
+    #[error("WebSocket upgrades are not allowed on this route")]
+    UpgradeNotAllowed,
 }
 
 impl Refusal {
@@ -154,6 +166,17 @@ impl Refusal {
             | Refusal::CircuitOpen { .. }
             | Refusal::Overloaded => 503,
             Refusal::DeadlineExceeded => 504,
+            Refusal::GrpcNeedsHttp2 => 502,
+            Refusal::GrpcWebUnsupported(_) => 415,
+            Refusal::UpgradeNotAllowed => 400,
+        }
+    }
+
+    /// The gRPC status of this refusal's answer to a gRPC request.
+    pub fn grpc_code(&self) -> crate::grpc::Code {
+        match self {
+            Refusal::GrpcWebUnsupported(_) => crate::grpc::Code::Unimplemented,
+            other => crate::grpc::Code::for_status(other.status()),
         }
     }
 

@@ -84,7 +84,11 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         );
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
+        let limits = &config.server.limits;
+        let h2 = &config.server.http2;
+        options.h2_idle_timeout = Some(h2.idle_timeout(limits));
         http.server_options = Some(options);
+        http.h2_options = Some(h2_options(h2, limits));
         http
     };
     // The edge app wraps each connection to enforce the head deadline and see raw request
@@ -172,4 +176,18 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         config.admin.as_ref().map(|a| a.listen)
     );
     server.run_forever()
+}
+
+/// The downstream HTTP/2 settings, starting from Pingora's defaults.
+fn h2_options(
+    h2: &crate::config::server::Http2Settings,
+    limits: &crate::config::Limits,
+) -> pingora::protocols::http::v2::server::H2Options {
+    let mut options = pingora::protocols::http::v2::server::default_h2_options();
+    options
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(h2.header_list_size(limits))
+        .max_pending_accept_reset_streams(h2.max_pending_reset_streams as usize)
+        .max_local_error_reset_streams(Some(h2.max_local_error_resets as usize));
+    options
 }

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "bounded",
             "routing",
             "forwarding",
+            "grpc",
             "hygiene",
             "request_id",
             "tls",

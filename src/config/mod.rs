@@ -43,7 +43,8 @@ pub use route::{HostMatch, PathMatch, RouteSpec};
 pub use secret::Secret;
 pub use server::ServerSettings;
 pub use upstream::{
-    BackendSpec, Balance, HashKey, HealthCheckKind, HealthCheckSpec, Timeouts, UpstreamSpec,
+    BackendSpec, Balance, HashKey, HealthCheckKind, HealthCheckSpec, Protocol, StickySpec,
+    Timeouts, UpstreamSpec, UpstreamTls,
 };
 
 use reader::{Node, Reader};
@@ -178,8 +179,10 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             shared_cors.push((name.to_string(), spec));
         }
     }
+    let protocols: Vec<Protocol> = upstreams.iter().map(|u| u.protocol).collect();
     let declared = route::Declared {
         upstreams: &declared_upstreams,
+        protocols: &protocols,
         providers: &providers,
         tiers: &tiers,
         cors: &shared_cors,

@@ -104,6 +104,15 @@ pub struct RouteSpec {
     pub request_body: Option<super::transform::BodyTransform>,
     /// Changes to JSON response bodies.
     pub response_body: Option<super::transform::BodyTransform>,
+    /// The route serves gRPC (documentation and a `-t` check that its upstream speaks HTTP/2).
+    pub grpc: bool,
+    /// gRPC-Web requests are bridged to gRPC (binary `application/grpc-web` only).
+    pub grpc_web: bool,
+    /// WebSocket upgrades are allowed (the default).
+    pub websocket: bool,
+    /// An upgraded connection with no frame either way for this long is closed.
+    #[serde(serialize_with = "ser::duration")]
+    pub websocket_idle_timeout: std::time::Duration,
 }
 
 /// Methods a route may list. Extension methods are not routable by name.
@@ -116,6 +125,8 @@ pub const METHODS: &[&str] = &[
 pub struct Declared<'a> {
     /// Upstream names.
     pub upstreams: &'a [(&'a str, Option<UpstreamId>)],
+    /// The protocol of each valid upstream, by [`UpstreamId`].
+    pub protocols: &'a [super::Protocol],
     /// Provider labels (`jwt:NAME`, `api_key:NAME`).
     pub providers: &'a [(String, Option<ProviderId>)],
     /// Valid tier names, in [`TierId`](super::TierId) order.
@@ -343,6 +354,31 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
     let rate_limit = t.get("rate_limit").and_then(|n| {
         super::rate_limit::read_route_limit(r, &n, declared.tiers, t.get("auth").is_some())
     });
+    let flag = |r: &mut Reader<'_>, key: &'static str, default: bool| {
+        t.get(key).and_then(|n| r.boolean(&n)).unwrap_or(default)
+    };
+    let grpc = flag(r, "grpc", false);
+    let grpc_web = flag(r, "grpc_web", false);
+    let websocket = flag(r, "websocket", true);
+    let websocket_idle_timeout = t
+        .get("websocket_idle_timeout")
+        .and_then(|n| r.duration(&n))
+        .unwrap_or(std::time::Duration::from_secs(600));
+    if let Some(up) = &upstream {
+        let protocol = declared.protocols.get(up.id.index()).copied();
+        if (grpc || grpc_web) && protocol == Some(super::Protocol::Http1) {
+            if let Some(n) = t.get(if grpc { "grpc" } else { "grpc_web" }) {
+                r.warn(
+                    &n,
+                    format!(
+                        "upstream \"{}\" speaks HTTP/1.1: gRPC calls on this route will fail \
+                         with UNAVAILABLE (set protocol = \"h2\" or \"h2c\" on the upstream)",
+                        up.name
+                    ),
+                );
+            }
+        }
+    }
 
     if r.error_count() > errors_before {
         return None;
@@ -370,6 +406,10 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
         rewrite,
         request_body,
         response_body,
+        grpc,
+        grpc_web,
+        websocket,
+        websocket_idle_timeout,
     })
 }
 

@@ -42,3 +42,25 @@ impl fmt::Display for Secret {
         f.write_str("<redacted>")
     }
 }
+
+/// Secret bytes (a private key): never printed or serialised.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    /// Wraps secret bytes.
+    pub fn new(value: Vec<u8>) -> Self {
+        SecretBytes(value)
+    }
+
+    /// The bytes. Never log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}

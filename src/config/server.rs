@@ -35,6 +35,8 @@ pub struct ServerSettings {
     pub limits: super::limits::Limits,
     /// TLS listeners and certificates (`[server.tls]`), if any.
     pub tls: Option<super::tls::TlsSettings>,
+    /// Downstream HTTP/2 (`[server.http2]`).
+    pub http2: Http2Settings,
 }
 
 /// Largest accepted `max_body`.
@@ -53,8 +55,92 @@ impl Default for ServerSettings {
             max_body: 10 * 1024 * 1024,
             limits: super::limits::Limits::default(),
             tls: None,
+            http2: Http2Settings::default(),
         }
     }
+}
+
+/// Downstream HTTP/2 settings (`[server.http2]`), for h2 over TLS and h2c alike. Changing
+/// them takes a graceful upgrade (they are set when a listener starts).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Http2Settings {
+    /// Concurrent streams a client may open on one connection (Pingora's default, 100).
+    pub max_concurrent_streams: u32,
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, in bytes (RFC 9113 counts 32 bytes per field on top of
+    /// name and value). `None`: the larger of Pingora's 64 KiB and what `[server.limits]`
+    /// `max_header_bytes` and `max_headers` allow, so that a head over those limits gets the
+    /// gateway's 431 JSON answer rather than a stream reset.
+    pub max_header_list_size: Option<u32>,
+    /// A connection with no open stream for this long is closed with GOAWAY; `None`:
+    /// `[server.limits] keepalive_timeout`.
+    #[serde(serialize_with = "ser::opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Rapid-reset protection (CVE-2023-44487): streams a client may open and reset before
+    /// the gateway accepts them; beyond that the connection is closed with
+    /// `ENHANCE_YOUR_CALM` (h2's default, 20).
+    pub max_pending_reset_streams: u32,
+    /// Streams the gateway may reset because of client errors on one connection before it
+    /// closes the connection (h2's default, 1024).
+    pub max_local_error_resets: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            max_concurrent_streams: 100,
+            max_header_list_size: None,
+            idle_timeout: None,
+            max_pending_reset_streams: 20,
+            max_local_error_resets: 1024,
+        }
+    }
+}
+
+impl Http2Settings {
+    /// The header list size in effect under `limits`.
+    pub fn header_list_size(&self, limits: &super::limits::Limits) -> u32 {
+        self.max_header_list_size.unwrap_or_else(|| {
+            let ours = limits.max_header_bytes + 32 * limits.max_headers;
+            ours.max(64 * 1024).min(u64::from(u32::MAX)) as u32
+        })
+    }
+
+    /// The idle timeout in effect under `limits`.
+    pub fn idle_timeout(&self, limits: &super::limits::Limits) -> Duration {
+        self.idle_timeout.unwrap_or(limits.keepalive_timeout)
+    }
+}
+
+fn read_http2(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Http2Settings {
+    let mut h = Http2Settings::default();
+    let Some(t) = r.table(n) else { return h };
+    if let Some(n) = t.get("max_concurrent_streams") {
+        if let Some(v) = r.integer(&n, 1, 10_000) {
+            h.max_concurrent_streams = v as u32;
+        }
+    }
+    if let Some(n) = t.get("max_header_list_size") {
+        if let Some(v) = r.size(&n, 16 * 1024 * 1024) {
+            if v < 1024 {
+                r.error(&n, "max_header_list_size must be at least 1 KiB");
+            }
+            h.max_header_list_size = Some(v as u32);
+        }
+    }
+    if let Some(n) = t.get("idle_timeout") {
+        h.idle_timeout = r.duration(&n);
+    }
+    if let Some(n) = t.get("max_pending_reset_streams") {
+        if let Some(v) = r.integer(&n, 1, 100_000) {
+            h.max_pending_reset_streams = v as u32;
+        }
+    }
+    if let Some(n) = t.get("max_local_error_resets") {
+        if let Some(v) = r.integer(&n, 1, 1_000_000) {
+            h.max_local_error_resets = v as u32;
+        }
+    }
+    h
 }
 
 /// Reads `[server]`; absent keys keep their defaults.
@@ -118,6 +204,9 @@ pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> ServerSettings {
     }
     if let Some(n) = t.get("limits") {
         s.limits = super::limits::read(r, &n);
+    }
+    if let Some(n) = t.get("http2") {
+        s.http2 = read_http2(r, &n);
     }
     if let Some(n) = t.get("tls") {
         s.tls = super::tls::read(r, &n);

@@ -35,6 +35,59 @@ pub struct UpstreamSpec {
     pub circuit_breaker: Option<super::resilience::BreakerSpec>,
     /// Retry policy, if configured.
     pub retry: Option<super::resilience::RetrySpec>,
+    /// The protocol spoken to the backends.
+    pub protocol: Protocol,
+    /// TLS towards the backends, if any.
+    pub tls: Option<UpstreamTls>,
+    /// Concurrent streams per HTTP/2 connection to a backend.
+    pub h2_streams_per_connection: usize,
+    /// Sticky sessions by cookie, if configured.
+    pub sticky: Option<StickySpec>,
+}
+
+/// The protocol towards an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (the default).
+    Http1,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
+    /// HTTP/2 over cleartext TCP (prior knowledge).
+    H2c,
+}
+
+/// TLS towards the backends of an upstream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamTls {
+    /// The server name sent and verified (default: the backend's address).
+    pub sni: String,
+    /// Verify the backend's certificate and name.
+    pub verify: bool,
+    /// The CA file to verify with (default: the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Its certificates, DER.
+    #[serde(skip)]
+    pub ca: Vec<Vec<u8>>,
+    /// A client certificate and key for mTLS to the backends: (cert file, key file).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The client chain (DER) and key (DER).
+    #[serde(skip)]
+    pub client_pair: Option<(Vec<Vec<u8>>, super::secret::SecretBytes)>,
+}
+
+/// Sticky sessions by cookie (`[upstreams.NAME.sticky]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StickySpec {
+    /// The cookie's name.
+    pub cookie: String,
+    /// The cookie's Max-Age; `None`: a session cookie.
+    #[serde(serialize_with = "ser::opt_duration")]
+    pub ttl: Option<Duration>,
+    /// The variable holding the signing key.
+    pub secret_env: String,
+    /// The signing key.
+    pub secret: super::secret::Secret,
 }
 
 /// Backend selection policy.
@@ -135,6 +188,12 @@ pub enum HealthCheckKind {
     },
     /// A TCP connect must succeed.
     Tcp,
+    /// `grpc.health.v1.Health/Check` for `service` must answer SERVING (over the upstream's
+    /// HTTP/2).
+    Grpc {
+        /// The service name asked about (empty: the server as a whole).
+        service: String,
+    },
 }
 
 impl Serialize for HealthCheckKind {
@@ -142,6 +201,7 @@ impl Serialize for HealthCheckKind {
         let (kind, path, host) = match self {
             HealthCheckKind::Http { path, host } => ("http", Some(path), Some(host)),
             HealthCheckKind::Tcp => ("tcp", None, None),
+            HealthCheckKind::Grpc { service } => ("grpc", Some(service), None),
         };
         let mut map = s.serialize_map(Some(3))?;
         map.serialize_entry("type", kind)?;
@@ -267,6 +327,28 @@ pub fn read(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<Upstr
     let retry = t
         .get("retry")
         .and_then(|n| super::resilience::read_retry(r, &n));
+    let protocol = match t.get("protocol") {
+        None => Protocol::Http1,
+        Some(n) => match r.string(&n) {
+            Some("http1") => Protocol::Http1,
+            Some("h2") => Protocol::H2,
+            Some("h2c") => Protocol::H2c,
+            Some(other) => {
+                r.error(
+                    &n,
+                    format!("unknown protocol \"{other}\" (expected http1, h2 or h2c)"),
+                );
+                Protocol::Http1
+            }
+            None => Protocol::Http1,
+        },
+    };
+    let tls = read_upstream_tls(r, &t, protocol);
+    let h2_streams_per_connection = match t.get("h2_streams_per_connection") {
+        None => 100,
+        Some(n) => r.integer(&n, 1, 10_000).map_or(100, |v| v as usize),
+    };
+    let sticky = t.get("sticky").and_then(|n| read_sticky(r, &n));
 
     if !ok || r.error_count() > errors_before {
         return None;
@@ -280,6 +362,196 @@ pub fn read(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<Upstr
         max_inflight,
         circuit_breaker,
         retry,
+        protocol,
+        tls,
+        h2_streams_per_connection,
+        sticky,
+    })
+}
+
+/// A minimal valid upstream named `name` (no backends), for tests.
+#[cfg(test)]
+pub fn test_spec(name: &str) -> UpstreamSpec {
+    UpstreamSpec {
+        name: name.into(),
+        balance: Balance::RoundRobin,
+        backends: Vec::new(),
+        timeouts: Timeouts::default(),
+        health_check: None,
+        max_inflight: 0,
+        circuit_breaker: None,
+        retry: None,
+        protocol: Protocol::Http1,
+        tls: None,
+        h2_streams_per_connection: 100,
+        sticky: None,
+    }
+}
+
+fn read_pem_certs(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c.into_iter().map(|c| c.to_vec()).collect()),
+        Ok(_) => Err(format!("{}: no PEM certificate in it", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Reads `tls`, `sni`, `verify`, `ca_file`, `client_cert` and `client_key` of an upstream.
+fn read_upstream_tls(
+    r: &mut Reader<'_>,
+    t: &super::reader::Table<'_, '_>,
+    protocol: Protocol,
+) -> Option<UpstreamTls> {
+    let tls_node = t.get("tls");
+    let tls = tls_node
+        .as_ref()
+        .and_then(|n| r.boolean(n))
+        .unwrap_or(false);
+    let sni_node = t.get("sni");
+    let verify_node = t.get("verify");
+    let sni = sni_node
+        .as_ref()
+        .and_then(|n| r.string(n).map(str::to_string));
+    let verify = verify_node.as_ref().and_then(|n| r.boolean(n));
+    let ca_node = t.get("ca_file");
+    let cert_node = t.get("client_cert");
+    let key_node = t.get("client_key");
+    if protocol == Protocol::H2 && !tls {
+        r.error_at(
+            t.span(),
+            t.path(),
+            "protocol = \"h2\" needs tls = true (use h2c for cleartext HTTP/2)",
+        );
+    }
+    if protocol == Protocol::H2c && tls {
+        if let Some(n) = &tls_node {
+            r.error(n, "h2c is cleartext: use protocol = \"h2\" with tls");
+        }
+    }
+    if !tls {
+        for (node, key) in [
+            (&sni_node, "sni"),
+            (&verify_node, "verify"),
+            (&ca_node, "ca_file"),
+            (&cert_node, "client_cert"),
+            (&key_node, "client_key"),
+        ] {
+            if let Some(n) = node {
+                r.error(n, format!("{key} applies only with tls = true"));
+            }
+        }
+        return None;
+    }
+    let ca_file = ca_node
+        .as_ref()
+        .and_then(|n| r.string(n).map(|s| r.resolve(s)));
+    let ca = match (&ca_file, &ca_node) {
+        (Some(path), Some(n)) => match read_pem_certs(path) {
+            Ok(c) => c,
+            Err(e) => {
+                r.error(n, e);
+                Vec::new()
+            }
+        },
+        _ => Vec::new(),
+    };
+    let client = match (&cert_node, &key_node) {
+        (Some(c), Some(k)) => {
+            let cert = r.string(c).map(|s| r.resolve(s));
+            let key = r.string(k).map(|s| r.resolve(s));
+            match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let chain = read_pem_certs(&cert);
+                    let key_der = std::fs::read(&key)
+                        .map_err(|e| format!("cannot read {}: {e}", key.display()))
+                        .and_then(|b| {
+                            rustls_pemfile::private_key(&mut b.as_slice())
+                                .map_err(|e| e.to_string())?
+                                .ok_or_else(|| format!("{}: no PEM private key", key.display()))
+                        });
+                    match (chain, key_der) {
+                        (Ok(chain), Ok(k)) => Some((
+                            (cert, key),
+                            (
+                                chain,
+                                super::secret::SecretBytes::new(k.secret_der().to_vec()),
+                            ),
+                        )),
+                        (Err(e), _) => {
+                            r.error(c, e);
+                            None
+                        }
+                        (_, Err(e)) => {
+                            r.error(k, e);
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            }
+        }
+        (Some(n), None) | (None, Some(n)) => {
+            r.error(n, "client_cert and client_key go together");
+            None
+        }
+        (None, None) => None,
+    };
+    let (client_cert, client_pair) = match client {
+        Some((paths, pair)) => (Some(paths), Some(pair)),
+        None => (None, None),
+    };
+    Some(UpstreamTls {
+        sni: sni.unwrap_or_default(),
+        verify: verify.unwrap_or(true),
+        ca_file,
+        ca,
+        client_cert,
+        client_pair,
+    })
+}
+
+/// Reads `[upstreams.NAME.sticky]`.
+fn read_sticky(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<StickySpec> {
+    let t = r.table(n)?;
+    let before = r.error_count();
+    let cookie = t.require(r, "cookie").and_then(|n| {
+        let name = r.string(&n)?;
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !ok {
+            r.error(&n, format!("invalid cookie name \"{name}\""));
+            return None;
+        }
+        Some(name.to_string())
+    });
+    let ttl = t.get("ttl").and_then(|n| r.duration(&n));
+    let secret = t.require(r, "secret_env").and_then(|n| {
+        let var = r.string(&n)?.to_string();
+        let value = std::env::var(&var).unwrap_or_default();
+        if value.len() < 32 {
+            r.error(
+                &n,
+                format!(
+                    "${var} must hold a signing key of at least 32 bytes (it is unset or shorter)"
+                ),
+            );
+            return None;
+        }
+        Some((var, super::secret::Secret::new(value)))
+    });
+    if r.error_count() > before {
+        return None;
+    }
+    let (secret_env, secret) = secret?;
+    Some(StickySpec {
+        cookie: cookie?,
+        ttl,
+        secret_env,
+        secret,
     })
 }
 
@@ -346,25 +618,28 @@ fn resolve(text: &str) -> Option<SocketAddr> {
 fn read_health(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HealthCheckSpec> {
     let t = r.table(n)?;
     let mut ok = true;
-    let is_http = match t.get("type") {
-        None => true,
+    let kind = match t.get("type") {
+        None => "http",
         Some(n) => match r.string(&n) {
-            Some("http") => true,
-            Some("tcp") => false,
+            Some(k @ ("http" | "tcp" | "grpc")) => k,
             Some(other) => {
                 r.error(
                     &n,
-                    format!("unknown health check type \"{other}\" (expected http or tcp)"),
+                    format!("unknown health check type \"{other}\" (expected http, tcp or grpc)"),
                 );
                 ok = false;
-                true
+                "http"
             }
             None => {
                 ok = false;
-                true
+                "http"
             }
         },
     };
+    let service = t
+        .get("service")
+        .and_then(|n| r.string(&n).map(str::to_string))
+        .unwrap_or_default();
     let mut path = "/health".to_string();
     if let Some(n) = t.get("path") {
         match r.string(&n) {
@@ -410,10 +685,10 @@ fn read_health(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<HealthCheckSpec> 
         return None;
     }
     Some(HealthCheckSpec {
-        kind: if is_http {
-            HealthCheckKind::Http { path, host }
-        } else {
-            HealthCheckKind::Tcp
+        kind: match kind {
+            "tcp" => HealthCheckKind::Tcp,
+            "grpc" => HealthCheckKind::Grpc { service },
+            _ => HealthCheckKind::Http { path, host },
         },
         interval: interval?,
         timeout: timeout?,

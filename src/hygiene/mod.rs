@@ -71,17 +71,19 @@ pub fn sanitize(req: &mut RequestHeader, limits: &Limits) -> Result<(), Refusal>
             Some(q) => format!("{p}?{q}"),
             None => p,
         };
-        let mut parts = req.uri.clone().into_parts();
-        parts.path_and_query = Some(
-            target
-                .parse()
-                .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?,
-        );
-        let uri = http::Uri::from_parts(parts)
-            .map_err(|_| Refusal::BadRequest(BadRequest::InvalidTarget))?;
+        let uri =
+            with_target(&req.uri, &target).ok_or(Refusal::BadRequest(BadRequest::InvalidTarget))?;
         req.set_uri(uri);
     }
     Ok(())
+}
+
+/// `uri` with its path and query replaced by `target`, scheme and authority kept (an HTTP/2
+/// request carries its authority in the URI, and an HTTP/2 upstream needs it).
+pub fn with_target(uri: &http::Uri, target: &str) -> Option<http::Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 #[cfg(test)]

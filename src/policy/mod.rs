@@ -28,8 +28,10 @@ pub mod identity;
 pub mod json_body;
 pub mod json_doc;
 mod pipeline;
+pub mod protocols;
 pub mod rate_limit;
 pub mod rewrite;
+pub mod sticky;
 pub mod strip_prefix;
 pub mod template;
 
@@ -108,6 +110,13 @@ pub struct RequestState {
     pub tls: bool,
     /// The subject of the client's TLS certificate (mTLS).
     pub client_cert_subject: Option<Arc<str>>,
+    /// Whether (and how) the request is gRPC: the gateway's own answers are then gRPC-shaped.
+    pub grpc: crate::grpc::Kind,
+    /// The backend a valid sticky-session cookie names, by index in the upstream's cluster.
+    pub sticky_backend: Option<usize>,
+    /// The backend a sticky upstream chose without (or against) the cookie: the response sets
+    /// the cookie for it.
+    pub sticky_assigned: Option<usize>,
     /// Set while the gateway writes a response of its own (a refusal or a proxy failure):
     /// response policies that act on upstream bodies leave it alone.
     pub gateway_response: bool,

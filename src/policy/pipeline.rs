@@ -14,8 +14,10 @@ use super::cors::Cors;
 use super::headers::HeaderRules;
 use super::identity::IdentityHeaders;
 use super::json_body::JsonBody;
+use super::protocols::ProtocolGate;
 use super::rate_limit::RateLimit;
 use super::rewrite::RewritePath;
+use super::sticky::Sticky;
 use super::strip_prefix::StripPrefix;
 use super::template::{Names, SkipCounters};
 use super::{Phases, Policy, RequestState};
@@ -23,10 +25,12 @@ use crate::auth::{AuthCounters, Authenticator};
 use crate::config::{ProviderId, RouteSpec};
 use crate::ratelimit::{DecisionCounters, RateLimiter};
 use crate::refusal::Refusal;
-use crate::upstream::UpstreamState;
+use crate::upstream::Cluster;
 
 /// One policy of a pipeline.
 pub enum Step {
+    /// See [`super::protocols`].
+    ProtocolGate(ProtocolGate),
     /// See [`super::cors`].
     Cors(Cors),
     /// See [`super::body_limit`].
@@ -45,6 +49,8 @@ pub enum Step {
     StripPrefix(StripPrefix),
     /// See [`super::json_body`].
     JsonBody(JsonBody),
+    /// See [`super::sticky`].
+    Sticky(Sticky),
     /// See [`super::identity`].
     IdentityHeaders(IdentityHeaders),
 }
@@ -53,6 +59,14 @@ pub enum Step {
 macro_rules! each {
     ($step:expr, $p:ident : $P:ident => $body:expr) => {
         match $step {
+            Step::ProtocolGate($p) => {
+                type $P = ProtocolGate;
+                $body
+            }
+            Step::Sticky($p) => {
+                type $P = Sticky;
+                $body
+            }
             Step::Cors($p) => {
                 type $P = Cors;
                 $body
@@ -121,8 +135,8 @@ pub struct Parts<'a> {
     pub auth: &'a Arc<Authenticator>,
     /// The snapshot's rate limiter.
     pub limiter: &'a Arc<RateLimiter>,
-    /// The live state of the route's upstream (for adaptive limits).
-    pub upstream: &'a Arc<UpstreamState>,
+    /// The route's upstream (its protocol, stickiness and live state for adaptive limits).
+    pub cluster: &'a Arc<Cluster>,
     /// `[server] max_body`, for routes without their own.
     pub max_body: u64,
     /// The route's upstream name (for templates).
@@ -145,7 +159,10 @@ impl Pipeline {
             upstream: parts.upstream_name.to_string(),
             tiers: parts.tiers.to_vec(),
         };
-        let mut steps = Vec::new();
+        let mut steps = vec![Step::ProtocolGate(ProtocolGate::new(
+            spec,
+            parts.cluster.spec().protocol,
+        ))];
         if let Some(cors) = &spec.cors {
             steps.push(Step::Cors(Cors::new(
                 cors,
@@ -175,7 +192,8 @@ impl Pipeline {
             steps.push(Step::RateLimit(RateLimit::new(
                 parts.limiter,
                 route,
-                spec.adaptive_limit.then(|| Arc::clone(parts.upstream)),
+                spec.adaptive_limit
+                    .then(|| Arc::clone(&parts.cluster.state)),
             )));
         }
         let skipped = || metrics.transform_skipped(&spec.name);
@@ -207,6 +225,7 @@ impl Pipeline {
                 .map(Step::JsonBody),
             );
         }
+        steps.extend(Sticky::new(parts.cluster.spec()).map(Step::Sticky));
         steps.push(Step::IdentityHeaders(IdentityHeaders));
         Pipeline::new(steps)
     }

@@ -47,7 +47,7 @@ impl RewritePath {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        Uri::try_from(target).ok()
+        crate::hygiene::with_target(uri, &target)
     }
 }
 

@@ -50,7 +50,7 @@ fn strip_prefix(uri: &Uri, prefix: &str) -> Option<Uri> {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
-    Uri::try_from(rewritten).ok()
+    crate::hygiene::with_target(uri, &rewritten)
 }
 
 #[cfg(test)]

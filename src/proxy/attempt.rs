@@ -53,6 +53,13 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
             .route(route)
             .timeout
             .map(|t| ctx.started + t);
+        if ctx.state.grpc.is_grpc() {
+            // The caller's own deadline, when shorter, is the one that counts.
+            if let Some(t) = crate::grpc::timeout(&session.req_header().headers) {
+                let caller = ctx.started + t;
+                ctx.deadline = Some(ctx.deadline.map_or(caller, |d| d.min(caller)));
+            }
+        }
         if spec.max_inflight > 0 {
             match cluster.state.try_slot(spec.max_inflight) {
                 Some(slot) => ctx.slot = Some(slot),
@@ -79,7 +86,17 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
     let key = cluster
         .hash_key()
         .and_then(|k| hash_key(k, session.req_header(), ctx.state.client_ip, &mut ip_buf));
-    let (i, permit) = match cluster.pick(key, ctx.tried, clock::now_ms()) {
+    let now_ms = clock::now_ms();
+    let sticky = ctx
+        .state
+        .sticky_backend
+        .filter(|_| ctx.attempts == 0)
+        .and_then(|i| cluster.pick_this(i, now_ms));
+    let picked = match sticky {
+        Some(choice) => Ok(choice),
+        None => cluster.pick(key, ctx.tried, now_ms),
+    };
+    let (i, permit) = match picked {
         Ok(choice) => choice,
         Err(Unavailable::NoHealthy) => return Err(Refusal::NoHealthyBackend.into_error()),
         Err(Unavailable::CircuitOpen(ms)) => {
@@ -88,6 +105,9 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
         }
     };
     let member = &cluster.members()[i];
+    if spec.sticky.is_some() {
+        ctx.state.sticky_assigned = (ctx.state.sticky_backend != Some(i)).then_some(i);
+    }
     ctx.attempts += 1;
     ctx.tried |= bit(i);
     ctx.permit = permit;
@@ -96,6 +116,12 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
     ctx.backend = Some(i);
     ctx.upstream_started.get_or_insert_with(Instant::now);
     let mut peer = Box::new(member.peer.clone());
+    if spec.protocol != crate::config::Protocol::Http1
+        && crate::policy::protocols::is_websocket_upgrade(session.req_header())
+    {
+        // WebSocket upgrades are HTTP/1.1 to the backend too (no RFC 8441 in Pingora).
+        peer.options.set_http_version(1, 1);
+    }
     if let Some(left) = remaining {
         let o = &mut peer.options;
         for t in [
@@ -235,7 +261,7 @@ fn hash_key<'a>(
 ) -> Option<&'a [u8]> {
     match key {
         HashKey::Header(name) => req.headers.get(name).map(HeaderValue::as_bytes),
-        HashKey::Cookie(name) => cookie(req, name),
+        HashKey::Cookie(name) => crate::forwarding::cookie(req, name),
         HashKey::Path => Some(req.uri.path().as_bytes()),
         HashKey::ClientIp => match client_ip? {
             std::net::IpAddr::V4(v4) => {
@@ -248,16 +274,4 @@ fn hash_key<'a>(
             }
         },
     }
-}
-
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name && !v.is_empty()).then_some(v.as_bytes())
-        })
 }

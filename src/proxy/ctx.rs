@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::metrics::ConnectionGuard;
+use crate::metrics::{ConnectionGuard, WebSocketGuard};
 use crate::policy::RequestState;
 use crate::snapshot::Snapshot;
 use crate::upstream::backend::InflightGuard;
@@ -41,6 +41,11 @@ pub struct RequestCtx {
     pub failure_status: Option<u16>,
     /// Keeps the downstream connection counted while it is open.
     pub connection: Option<Arc<ConnectionGuard>>,
+    /// A gRPC answer the gateway wrote itself: the HTTP status it stands for (what metrics
+    /// and the access log record) and its `grpc-status`.
+    pub grpc_answer: Option<(u16, crate::grpc::Code)>,
+    /// Keeps an upgraded WebSocket counted while it is open.
+    pub websocket: Option<WebSocketGuard>,
 }
 
 impl RequestCtx {
@@ -61,6 +66,8 @@ impl RequestCtx {
             upstream_elapsed: None,
             failure_status: None,
             connection: None,
+            grpc_answer: None,
+            websocket: None,
         }
     }
 }

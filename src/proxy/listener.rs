@@ -18,10 +18,12 @@
 //! waits for 24 bytes, so a shorter complete HTTP/1 request would wait for the timeout). Between two requests of a keep-alive connection the previous one is
 //! complete (its body drained), so re-arming the guard there is exact; Pingora's pipelining is
 //! off, so no bytes of the next head are buffered ahead.
+//! - **Upgraded WebSockets.** Once `response_filter` lets a 101 through, the guard follows
+//!   the connection's frames: idle timeout and the going-away close (see [`super::websocket`]).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,6 +41,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use super::websocket::{Closing, Upgraded, CLOSE_GOING_AWAY};
 use super::Gateway;
 use crate::hygiene::request_line::{HeadScan, Verdict};
 use crate::snapshot::SnapshotStore;
@@ -74,7 +77,26 @@ pub struct HeadGuard {
     rearm: AtomicBool,
     verdict: AtomicU8,
     timeouts: IntCounter,
+    /// Set (to the idle timeout, in ms) when a 101 for a WebSocket is about to be written.
+    ws_pending: AtomicU64,
+    ws: Option<Box<WebSocketConn>>,
+    shutdown: Option<ShutdownWatch>,
 }
+
+/// An upgraded WebSocket connection's state in the guard.
+struct WebSocketConn {
+    frames: Upgraded,
+    /// Bytes of the 101 response head still being written (`\r\n\r\n` not seen yet), and how
+    /// much of that terminator the last write ended with.
+    in_response_head: bool,
+    crlf_seen: u8,
+    last_activity: Instant,
+    /// Wakes the reader for the idle timeout and for a look at the shutdown flag.
+    tick: Pin<Box<Sleep>>,
+}
+
+/// How often an upgraded connection looks whether the process is going away.
+const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for HeadGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,7 +128,46 @@ impl HeadGuard {
             rearm: AtomicBool::new(false),
             verdict: AtomicU8::new(FINE),
             timeouts,
+            ws_pending: AtomicU64::new(0),
+            ws: None,
+            shutdown: None,
         }
+    }
+
+    /// Watches `shutdown` for upgraded connections (to send them a going-away close).
+    pub fn with_shutdown(mut self, shutdown: &ShutdownWatch) -> Self {
+        self.shutdown = Some(shutdown.clone());
+        self
+    }
+
+    /// The response about to be written is a 101 to a WebSocket: from then on the connection
+    /// carries frames and closes after `idle` without any.
+    pub fn upgrade_to_websocket(&self, idle: Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.ws_pending.store(ms, Ordering::Release);
+    }
+
+    fn pick_up_upgrade(&mut self) {
+        let ms = self.ws_pending.swap(0, Ordering::AcqRel);
+        if ms == 0 || self.ws.is_some() {
+            return;
+        }
+        let idle = Duration::from_millis(ms);
+        let now = Instant::now();
+        self.phase = Phase::Off;
+        self.ws = Some(Box::new(WebSocketConn {
+            frames: Upgraded::new(idle),
+            in_response_head: true,
+            crlf_seen: 0,
+            last_activity: now,
+            tick: Box::pin(tokio::time::sleep_until(
+                (now + idle.min(SHUTDOWN_CHECK)).into(),
+            )),
+        }));
+    }
+
+    fn going_away(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|s| *s.borrow())
     }
 
     /// Reads the first bytes, as few as needed, to tell whether they are the HTTP/2 connection
@@ -190,6 +251,10 @@ impl AsyncRead for HeadGuard {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        this.pick_up_upgrade();
+        if this.ws.is_some() {
+            return this.poll_read_websocket(cx, buf);
+        }
         if this.rearm.swap(false, Ordering::AcqRel) {
             this.scan = HeadScan::new(this.scan.max_line());
             this.phase = Phase::AwaitingHead;
@@ -224,13 +289,190 @@ impl AsyncRead for HeadGuard {
     }
 }
 
+impl HeadGuard {
+    /// Writes the going-away close to the client once the upstream's frames are at a boundary.
+    /// Ready when it is sent (or cannot be yet for want of a boundary).
+    fn drive_client_close(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(ws) = self.ws.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        if ws.frames.client_close == Closing::No {
+            if ws.in_response_head || !ws.frames.to_client.at_boundary() {
+                return Poll::Ready(Ok(()));
+            }
+            ws.frames.client_close = Closing::Sending(0);
+        }
+        while let Closing::Sending(done) = ws.frames.client_close {
+            if done == CLOSE_GOING_AWAY.len() {
+                std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                ws.frames.client_close = Closing::Sent;
+                break;
+            }
+            let n = std::task::ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &CLOSE_GOING_AWAY[done..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            ws.frames.client_close = Closing::Sending(done + n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_read_websocket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let going_away = self.going_away();
+            let ws = self.ws.as_mut().expect("websocket mode");
+            if going_away && !ws.frames.going_away {
+                ws.frames.going_away = true;
+            }
+            if ws.frames.going_away {
+                if let Poll::Ready(Err(e)) = self.drive_client_close(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                let ws = self.ws.as_mut().expect("websocket mode");
+                if ws.frames.upstream_close == Closing::No && ws.frames.from_client.at_boundary() {
+                    // As if the client had sent it: the proxy forwards it to the upstream.
+                    let frame = super::websocket::masked_close_going_away(rand::random());
+                    if buf.remaining() >= frame.len() {
+                        buf.put_slice(&frame);
+                        ws.frames.upstream_close = Closing::Sent;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            let ws = self.ws.as_mut().expect("websocket mode");
+            if ws.frames.upstream_close == Closing::Sent {
+                // The upstream has its close: what the client sends now is dropped.
+                let mut scratch = [0u8; 2048];
+                let mut sink = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut sink) {
+                    Poll::Ready(Ok(())) if sink.filled().is_empty() => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            } else {
+                let before = buf.filled().len();
+                match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                    Poll::Ready(Ok(())) => {
+                        let ws = self.ws.as_mut().expect("websocket mode");
+                        let new = &buf.filled()[before..];
+                        if !new.is_empty() {
+                            ws.last_activity = Instant::now();
+                        }
+                        if ws.frames.going_away {
+                            // Nothing of the client's past the frame it is in goes upstream.
+                            let mut probe = ws.frames.from_client.clone();
+                            if let Some(cut) = probe.feed(new) {
+                                let keep = before + cut;
+                                ws.frames.from_client.feed(&buf.filled()[before..keep]);
+                                buf.set_filled(keep);
+                                return Poll::Ready(Ok(()));
+                            }
+                        }
+                        ws.frames.from_client.feed(&buf.filled()[before..]);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            // Nothing to read: the idle timeout and the shutdown check.
+            let going_away = self.going_away();
+            let ws = self.ws.as_mut().expect("websocket mode");
+            if ws.tick.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            let idle_at = ws.last_activity + ws.frames.idle_timeout;
+            if now >= idle_at {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "websocket idle timeout",
+                )));
+            }
+            let next = idle_at.min(now + SHUTDOWN_CHECK);
+            ws.tick.as_mut().reset(next.into());
+            if going_away == ws.frames.going_away {
+                // Nothing changed: poll the re-armed timer.
+                if ws.tick.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn poll_write_websocket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let ws = self.ws.as_mut().expect("websocket mode");
+        ws.last_activity = Instant::now();
+        if ws.in_response_head {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            let ws = self.ws.as_mut().expect("websocket mode");
+            for (i, b) in buf[..n].iter().enumerate() {
+                let want = if ws.crlf_seen.is_multiple_of(2) { b'\r' } else { b'\n' };
+                ws.crlf_seen = if *b == want {
+                    ws.crlf_seen + 1
+                } else if *b == b'\r' {
+                    1
+                } else {
+                    0
+                };
+                if ws.crlf_seen == 4 {
+                    ws.in_response_head = false;
+                    ws.frames.to_client.feed(&buf[i + 1..n]);
+                    break;
+                }
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if ws.frames.going_away || self.going_away() {
+            self.ws.as_mut().expect("websocket mode").frames.going_away = true;
+            std::task::ready!(self.drive_client_close(cx))?;
+        }
+        let ws = self.ws.as_mut().expect("websocket mode");
+        match ws.frames.client_close {
+            // The client has its close: the upstream's frames are dropped.
+            Closing::Sent => Poll::Ready(Ok(buf.len())),
+            Closing::Sending(_) => Poll::Pending,
+            Closing::No => {
+                let mut len = buf.len();
+                if ws.frames.going_away {
+                    // Up to the end of the frame in progress; the close goes after it.
+                    let mut probe = ws.frames.to_client.clone();
+                    if let Some(cut) = probe.feed(buf) {
+                        len = cut;
+                    }
+                }
+                let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[..len]))?;
+                let ws = self.ws.as_mut().expect("websocket mode");
+                ws.frames.to_client.feed(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
+        }
+    }
+}
+
 impl AsyncWrite for HeadGuard {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.pick_up_upgrade();
+        if this.ws.is_some() {
+            return this.poll_write_websocket(cx, buf);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -238,7 +480,16 @@ impl AsyncWrite for HeadGuard {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.pick_up_upgrade();
+        if this.ws.is_some() {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return this.poll_write_websocket(cx, first);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -338,6 +589,22 @@ pub fn raw_line_verdict(session: &pingora::proxy::Session) -> Verdict {
         .map_or(Verdict::Fine, HeadGuard::verdict)
 }
 
+/// Tells the guard of `session`'s connection that the response about to be written upgrades
+/// it to a WebSocket with idle timeout `idle` (HTTP/1 only).
+pub fn mark_websocket(session: &pingora::proxy::Session, idle: Duration) -> bool {
+    match session
+        .as_downstream()
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<HeadGuard>())
+    {
+        Some(guard) => {
+            guard.upgrade_to_websocket(idle);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The traffic listener's application (see the module documentation).
 pub struct EdgeApp {
     proxy: Arc<HttpProxy<Gateway>>,
@@ -405,7 +672,8 @@ impl ServerApp for EdgeApp {
             limits.request_head_timeout,
             limits.max_request_line,
             self.head_timeouts.clone(),
-        );
+        )
+        .with_shutdown(shutdown);
         if self
             .is_h2(&mut guard, accepted + limits.request_head_timeout)
             .await?

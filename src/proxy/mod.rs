@@ -17,6 +17,7 @@ pub mod listener;
 mod record;
 pub mod respond;
 pub mod tls;
+pub mod websocket;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -135,14 +136,40 @@ impl ProxyHttp for Gateway {
             .map(|g| Box::new(Arc::clone(g)) as Box<dyn Any + Send + Sync>)
     }
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // Pingora's default (a disabled compression module), plus the gRPC-Web bridge, which
+        // stays off unless a request turns it on.
+        modules
+            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
+        modules.add_module(Box::new(pingora::modules::http::grpc_web::GrpcWeb));
+    }
+
     async fn early_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if ctx.connection.is_none() {
             // First request of a connection (HTTP/2: of a stream).
             ctx.connection = Some(ConnectionGuard::new(&self.metrics));
+        }
+        // Before the modules see the request: the gRPC-Web bridge rewrites its content type.
+        let kind = crate::grpc::kind(
+            session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+        );
+        ctx.state.grpc = kind;
+        if kind == crate::grpc::Kind::Web {
+            // Bridged only if the route allows it: the protocol gate refuses it otherwise.
+            if let Some(bridge) = session
+                .downstream_modules_ctx
+                .get_mut::<pingora::modules::http::grpc_web::GrpcWebBridge>()
+            {
+                bridge.init();
+            }
         }
         Ok(())
     }
@@ -290,6 +317,11 @@ impl ProxyHttp for Gateway {
             snapshot
                 .pipeline(route)
                 .on_response(session.req_header(), resp, state)?;
+            if resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+                && crate::policy::protocols::is_websocket_upgrade(session.req_header())
+            {
+                websocket_upgraded(session, ctx, route);
+            }
         }
         if crate::signals::draining() {
             session.set_keepalive(None);
@@ -377,7 +409,19 @@ impl ProxyHttp for Gateway {
         attempt::finish(ctx);
         ctx.inflight = None;
         ctx.slot = None;
+        ctx.websocket = None;
         record::finished(&self.access_log, session, ctx);
+    }
+}
+
+/// A 101 to a WebSocket upgrade is about to be written: the connection's guard takes over its
+/// idleness (the route's `websocket_idle_timeout` replaces the per-read timeouts) and the
+/// going-away close, and the connection is counted until the request's context is dropped.
+fn websocket_upgraded(session: &mut Session, ctx: &mut RequestCtx, route: crate::config::RouteId) {
+    let idle = ctx.snapshot.config().route(route).websocket_idle_timeout;
+    if listener::mark_websocket(session, idle) {
+        session.as_downstream_mut().set_read_timeout(None);
+        ctx.websocket = Some(ctx.snapshot.route_metrics(Some(route)).websocket_opened());
     }
 }
 

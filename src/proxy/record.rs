@@ -9,9 +9,11 @@ use crate::access_log::{self, AccessLog};
 
 /// Records a finished request.
 pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
-    let status = session
-        .response_written()
-        .map(|r| r.status.as_u16())
+    // A gRPC answer of the gateway's is HTTP 200 on the wire; it counts as what it stands for.
+    let status = ctx
+        .grpc_answer
+        .map(|(status, _)| status)
+        .or_else(|| session.response_written().map(|r| r.status.as_u16()))
         .or(ctx.failure_status)
         .unwrap_or(0);
     let elapsed = ctx.started.elapsed();
@@ -57,6 +59,7 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
                 .map(|d| snapshot.ratelimit().tier_name(d.tier)),
             rate_limited: state.ratelimit.map(|d| !d.allowed),
             auth_method: state.identity.as_ref().map(|i| i.method.as_str()),
+            grpc_status: ctx.grpc_answer.map(|(_, code)| code.as_str()),
         });
     }
 }

@@ -3,6 +3,10 @@
 //! every such response is JSON `{"error": ..., "request_id": ...}` (plus fields the refusal
 //! adds), carries `X-Request-Id`, and goes through the route's `on_response` policies (so a 429
 //! or a 502 on a limited route carries the rate-limit headers).
+//!
+//! A gRPC request gets the same answer gRPC-shaped instead ([`grpc_shaped`]): HTTP 200,
+//! trailers-only, `grpc-status` mapped from the HTTP status and `grpc-message`, the other
+//! headers (request id, `Retry-After`, rate-limit headers) kept.
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -70,9 +74,69 @@ pub async fn refuse(
     if crate::signals::draining() || refusal.closes_connection() {
         session.set_keepalive(None);
     }
+    if ctx.state.grpc.is_grpc() {
+        ctx.grpc_answer = Some((refusal.status(), refusal.grpc_code()));
+        let resp = grpc_shaped(
+            &resp,
+            ctx.state.grpc,
+            refusal.grpc_code(),
+            &refusal.to_string(),
+        )?;
+        return write_grpc(session, ctx.state.grpc, resp).await;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// `resp` as a gRPC trailers-only answer: 200, `grpc-status: code`, `grpc-message`, the
+/// content type of the request's kind; other headers kept, body dropped.
+fn grpc_shaped(
+    resp: &ResponseHeader,
+    kind: crate::grpc::Kind,
+    code: crate::grpc::Code,
+    message: &str,
+) -> pingora::Result<ResponseHeader> {
+    let mut out = ResponseHeader::build(200, Some(resp.headers.len() + 3))?;
+    for (name, value) in resp.headers.iter() {
+        if name != http::header::CONTENT_TYPE
+            && name != http::header::CONTENT_LENGTH
+            && name != http::header::CONNECTION
+        {
+            out.append_header(name.clone(), value.clone())?;
+        }
+    }
+    // The gRPC-Web bridge turns application/grpc into application/grpc-web on the way out.
+    let content_type = match kind {
+        crate::grpc::Kind::WebText => "application/grpc-web-text",
+        _ => "application/grpc",
+    };
+    out.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    out.insert_header("grpc-status", code.as_str())?;
+    out.insert_header("grpc-message", crate::grpc::encode_message(message))?;
+    Ok(out)
+}
+
+/// Writes a gRPC answer: on HTTP/2 one HEADERS frame that ends the stream (trailers-only, as
+/// gRPC clients expect); otherwise (gRPC-Web over HTTP/1.1) headers and an empty body, through
+/// the downstream modules so the gRPC-Web bridge sees them.
+async fn write_grpc(
+    session: &mut Session,
+    kind: crate::grpc::Kind,
+    mut resp: ResponseHeader,
+) -> pingora::Result<()> {
+    if kind == crate::grpc::Kind::Native {
+        if let pingora::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
+            return h2.write_response_header(Box::new(resp), true);
+        }
+    }
+    if session.as_downstream().is_http2() {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+    } else {
+        resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(None, true).await
 }
 
 /// Writes the error response for a failed proxy attempt (`status` from [`status_for`]) if the
@@ -84,6 +148,9 @@ pub async fn fail(session: &mut Session, ctx: &mut RequestCtx, e: &Error, status
     let refusal = Refusal::of(e);
     if let Some(reason) = refusal.and_then(Refusal::edge_reason) {
         ctx.snapshot.edge_refusal(reason);
+    }
+    if session.response_written().is_some() {
+        return;
     }
     let req = session.req_header();
     let built = match refusal {
@@ -103,6 +170,25 @@ pub async fn fail(session: &mut Session, ctx: &mut RequestCtx, e: &Error, status
             return;
         }
     };
+    if ctx.state.grpc.is_grpc() {
+        let (code, message) = match refusal {
+            Some(r) => (r.grpc_code(), r.to_string()),
+            None => (
+                crate::grpc::Code::for_status(status),
+                message_for(status).to_string(),
+            ),
+        };
+        session.set_keepalive(None);
+        ctx.grpc_answer = Some((status, code));
+        let written = grpc_shaped(&resp, ctx.state.grpc, code, &message);
+        if let Err(e) = match written {
+            Ok(resp) => write_grpc(session, ctx.state.grpc, resp).await,
+            Err(e) => Err(e),
+        } {
+            log::debug!("could not send error response: {e}");
+        }
+        return;
+    }
     if let Err(e) = session.write_error_response(resp, body).await {
         log::debug!("could not send error response: {e}");
     }
@@ -255,6 +341,9 @@ fn answer(
             plain_body("gateway timeout: the route deadline passed", id),
             &[],
         ),
+        Refusal::GrpcNeedsHttp2 | Refusal::GrpcWebUnsupported(_) | Refusal::UpgradeNotAllowed => {
+            finish(req, ctx, status, plain_body(&refusal.to_string(), id), &[])
+        }
     }
 }
 

@@ -107,6 +107,15 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.graceful_shutdown_timeout != b.graceful_shutdown_timeout {
         changed.push("server.graceful_shutdown_timeout");
     }
+    if a.http2 != b.http2 {
+        changed.push("server.http2");
+    }
+    if a.limits.max_header_bytes != b.limits.max_header_bytes
+        || a.limits.max_headers != b.limits.max_headers
+    {
+        // Also tied to the HTTP/2 header list size, which is fixed at listener start.
+        changed.push("server.http2 (header list size from server.limits)");
+    }
     let tls = |c: &Config| {
         c.server.tls.as_ref().map(|t| {
             (

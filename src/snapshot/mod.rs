@@ -80,7 +80,7 @@ impl Snapshot {
                 let parts = Parts {
                     auth: &auth,
                     limiter: &ratelimit,
-                    upstream: &clusters[r.upstream.id.index()].state,
+                    cluster: &clusters[r.upstream.id.index()],
                     max_body: config.server.max_body,
                     upstream_name: &r.upstream.name,
                     tiers: &tiers,

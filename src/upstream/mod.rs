@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use prometheus::IntCounter;
 
 use crate::config::{BackendSpec, Balance, HashKey, UpstreamSpec};
@@ -131,11 +132,7 @@ impl Cluster {
             .backends
             .iter()
             .map(|b| {
-                let mut peer = HttpPeer::new(b.addr, false, String::new());
-                peer.options.connection_timeout = Some(spec.timeouts.connect);
-                peer.options.read_timeout = Some(spec.timeouts.read);
-                peer.options.write_timeout = Some(spec.timeouts.write);
-                peer.options.idle_timeout = Some(spec.timeouts.idle);
+                let peer = peer_template(spec, b.addr);
                 let backend = reuse(b.addr).unwrap_or_else(|| BackendState::new(b.addr));
                 if spec.health_check.is_none() {
                     backend.reset_health();
@@ -166,7 +163,10 @@ impl Cluster {
             }
         };
         Cluster {
-            health: spec.health_check.as_ref().map(health::Checker::new),
+            health: spec
+                .health_check
+                .as_ref()
+                .map(|check| health::Checker::new(check, spec)),
             spec: spec.clone(),
             members: members.into_boxed_slice(),
             picker,
@@ -234,6 +234,22 @@ impl Cluster {
                 None => self.round_robin(schedule, available),
             },
         }
+    }
+
+    /// Takes backend `i` (a sticky session's) if it is available now and its breaker admits
+    /// a request; `None` otherwise.
+    pub fn pick_this(&self, i: usize, now_ms: u64) -> Option<(usize, Option<Permit>)> {
+        if i >= self.members.len() || !self.members[i].state.is_available() {
+            return None;
+        }
+        let Some(spec) = &self.spec.circuit_breaker else {
+            return Some((i, None));
+        };
+        let (permit, changed) = self.members[i].state.breaker.try_acquire(spec, now_ms);
+        if let Some(state) = changed {
+            self.transition(i, state);
+        }
+        permit.map(|p| (i, Some(p)))
     }
 
     /// Picks a backend and takes its breaker permit (a half-open trial slot, if that is what
@@ -380,6 +396,52 @@ impl Cluster {
     }
 }
 
+/// The peer template of backend `addr` of `spec`: its timeouts, its protocol (HTTP/1.1, or
+/// HTTP/2 by ALPN over TLS or by prior knowledge in cleartext, with
+/// `h2_streams_per_connection` streams per connection) and its TLS settings. Without an
+/// explicit `sni` the backend's IP address is the name verified, against an IP SAN.
+pub fn peer_template(spec: &UpstreamSpec, addr: SocketAddr) -> HttpPeer {
+    use crate::config::Protocol;
+    let mut peer = match &spec.tls {
+        None => HttpPeer::new(addr, false, String::new()),
+        Some(tls) => {
+            let sni = if tls.sni.is_empty() {
+                addr.ip().to_string()
+            } else {
+                tls.sni.clone()
+            };
+            let mut peer = HttpPeer::new(addr, true, sni);
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            if !tls.ca.is_empty() {
+                let ca: Vec<WrappedX509> = tls
+                    .ca
+                    .iter()
+                    .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                    .collect();
+                peer.options.ca = Some(Arc::from(ca.into_boxed_slice()));
+            }
+            if let Some((chain, key)) = &tls.client_pair {
+                peer.client_cert_key =
+                    Some(Arc::new(CertKey::new(chain.clone(), key.expose().to_vec())));
+            }
+            peer
+        }
+    };
+    match spec.protocol {
+        Protocol::Http1 => peer.options.set_http_version(1, 1),
+        Protocol::H2 | Protocol::H2c => {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = spec.h2_streams_per_connection;
+        }
+    }
+    peer.options.connection_timeout = Some(spec.timeouts.connect);
+    peer.options.read_timeout = Some(spec.timeouts.read);
+    peer.options.write_timeout = Some(spec.timeouts.write);
+    peer.options.idle_timeout = Some(spec.timeouts.idle);
+    peer
+}
+
 /// The bit of backend `i` in an exclusion mask (backends past 64 share the last bit).
 pub fn bit(i: usize) -> u64 {
     1u64 << i.min(63)
@@ -392,27 +454,19 @@ fn excluded(mask: u64, i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Timeouts;
     use crate::upstream::backend::InflightGuard;
 
     fn cluster(balance: Balance, weights: &[u32]) -> Cluster {
-        let spec = UpstreamSpec {
-            name: "u".into(),
-            balance,
-            backends: weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| BackendSpec {
-                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
-                    weight: *w,
-                })
-                .collect(),
-            timeouts: Timeouts::default(),
-            health_check: None,
-            max_inflight: 0,
-            circuit_breaker: None,
-            retry: None,
-        };
+        let mut spec = crate::config::upstream::test_spec("u");
+        spec.balance = balance;
+        spec.backends = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| BackendSpec {
+                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                weight: *w,
+            })
+            .collect();
         Cluster::new(
             &spec,
             |_| None,

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod gateway;
 pub mod jwt;
 pub mod pki;
+pub mod python;
 pub mod raw;
 pub mod redis;
 
