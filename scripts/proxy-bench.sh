@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Whole-gateway throughput on this machine: nginx proxy_pass vs gatehouse (routing only,
-# + API key auth + local rate limit, + JWT HS256 + local rate limit). The proxy under test is
+# + API key auth + local rate limit, + JWT HS256 + local rate limit), then TLS termination
+# with the same certificate (ECDSA P-256) in both: keep-alive, and handshake-heavy (every
+# request on a new connection, `Connection: close`). The proxy under test is
 # pinned to CPU 0; wrk and the backend (nginx returning a small body) share CPU 1. Bounded:
 # wrk -t1 -c32 for DURATION seconds (default 10) per case, loopback only.
 # Usage: scripts/proxy-bench.sh [duration_seconds]
@@ -16,6 +18,9 @@ cargo build --release --bin gatehouse >/dev/null 2>&1
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 backend_port=$(free_port); nginx_port=$(free_port); gw_port=$(free_port)
+nginx_tls_port=$(free_port); gw_tls_port=$(free_port)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -44,7 +49,8 @@ NGINX
   pids+=($!)
 }
 nginx_conf backend 10 "server { listen 127.0.0.1:$backend_port; location / { return 200 'hello from the backend'; } }"
-nginx_conf proxy 01 "server { listen 127.0.0.1:$nginx_port; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+nginx_conf proxy 01 "server { listen 127.0.0.1:$nginx_port; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }
+  server { listen 127.0.0.1:$nginx_tls_port ssl; ssl_certificate $work/tls.pem; ssl_certificate_key $work/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 sleep 0.5
 
 secret="proxy-bench-hmac-secret-of-32-bytes-or-more"
@@ -64,6 +70,11 @@ listen = ["127.0.0.1:$gw_port"]
 threads = 1
 pid_file = "$work/gatehouse.pid"
 upgrade_sock = "$work/upgrade.sock"
+[server.tls]
+listen = ["127.0.0.1:$gw_tls_port"]
+[[server.tls.certificates]]
+cert = "$work/tls.pem"
+key = "$work/tls.key"
 [access_log]
 enabled = false
 [auth.api_keys.k]
@@ -114,3 +125,11 @@ for case in "gatehouse, routing only|/plain|" "gatehouse + API key + rate limit|
   if [ -n "$header" ]; then run "$label" "http://127.0.0.1:$gw_port$path" -H "$header"; else run "$label" "http://127.0.0.1:$gw_port$path"; fi
   awk -v a="$(cat "$work/last")" -v b="$base" 'BEGIN { printf "%40s %11.2fx nginx\n", "", a / b }'
 done
+
+echo "TLS (same certificate, ECDSA P-256):"
+run "nginx TLS keep-alive" "https://127.0.0.1:$nginx_tls_port/"; base=$(cat "$work/last")
+run "gatehouse TLS keep-alive" "https://127.0.0.1:$gw_tls_port/plain"
+awk -v a="$(cat "$work/last")" -v b="$base" 'BEGIN { printf "%40s %11.2fx nginx\n", "", a / b }'
+run "nginx TLS, new connection per request" "https://127.0.0.1:$nginx_tls_port/" -H "Connection: close"; base=$(cat "$work/last")
+run "gatehouse TLS, new connection per request" "https://127.0.0.1:$gw_tls_port/plain" -H "Connection: close"
+awk -v a="$(cat "$work/last")" -v b="$base" 'BEGIN { printf "%40s %11.2fx nginx\n", "", a / b }'

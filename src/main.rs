@@ -21,7 +21,16 @@ fn main() -> ExitCode {
     if let Some(command) = &cli.command {
         return ExitCode::from(gatehouse::cli::run_command(command));
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // rustls logs every client that sends an IP address as SNI (common: wrk, some SDKs) at
+    // WARN: one line per handshake is a log flood an attacker can drive, so its messages
+    // about client input are kept to errors unless RUST_LOG names rustls::msgs itself.
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(log::LevelFilter::Info);
+    logger.filter_module("rustls::msgs", log::LevelFilter::Error);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        logger.parse_filters(&spec);
+    }
+    logger.init();
     let config = match gatehouse::config::load(&cli.config) {
         Ok(c) => c,
         Err(errors) => {

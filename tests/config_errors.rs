@@ -333,3 +333,62 @@ fn resilience_problems_are_reported() {
         "routes[0]: adaptive_limit needs rate_limit on the route",
     );
 }
+
+#[test]
+fn upstream_protocol_problems_are_reported() {
+    let u = "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:9001\" }]\n";
+    rejects(
+        &format!("{u}protocol = \"h3\"\n"),
+        "3:12",
+        "upstreams.u.protocol: unknown protocol \"h3\" (expected http1, h2 or h2c)",
+    );
+    rejects(
+        &format!("{u}protocol = \"h2\"\n"),
+        "1:1",
+        "upstreams.u: protocol = \"h2\" needs tls = true",
+    );
+    rejects(
+        &format!("{u}sni = \"a.internal\"\n"),
+        "3:7",
+        "upstreams.u.sni: sni applies only with tls = true",
+    );
+    rejects(
+        &format!("{u}protocol = \"h2\"\ntls = true\nca_file = \"/nonexistent/ca.pem\"\n"),
+        "5:11",
+        "upstreams.u.ca_file: cannot read /nonexistent/ca.pem",
+    );
+    rejects(
+        &format!("{u}tls = true\nclient_cert = \"/x.pem\"\n"),
+        "4:15",
+        "upstreams.u.client_cert: client_cert and client_key go together",
+    );
+    rejects(
+        &format!("{u}health_check = {{ type = \"grpc\" }}\n"),
+        "3:16",
+        "upstreams.u.health_check: a grpc health check needs protocol",
+    );
+    rejects(
+        &format!("{u}[upstreams.u.sticky]\ncookie = \"a b\"\nsecret_env = \"GATEHOUSE_UNSET_VAR_FOR_TEST\"\n"),
+        "4:10",
+        "upstreams.u.sticky.cookie: invalid cookie name \"a b\"",
+    );
+    rejects(
+        &format!("{u}[upstreams.u.sticky]\ncookie = \"ok\"\nsecret_env = \"GATEHOUSE_UNSET_VAR_FOR_TEST\"\n"),
+        "5:14",
+        "upstreams.u.sticky.secret_env: $GATEHOUSE_UNSET_VAR_FOR_TEST must hold a signing key of at least 32 bytes",
+    );
+}
+
+#[test]
+fn http2_settings_are_checked() {
+    rejects(
+        "[server.http2]\nmax_concurrent_streams = 0\n",
+        "2:26",
+        "server.http2.max_concurrent_streams:",
+    );
+    rejects(
+        "[server.http2]\nmax_header_list_size = \"100B\"\n",
+        "2:24",
+        "server.http2.max_header_list_size: max_header_list_size must be at least 1 KiB",
+    );
+}

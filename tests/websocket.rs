@@ -73,7 +73,10 @@ async fn echo_metrics_and_routes_that_refuse_upgrades() {
     let r = client(&ws_url(&gw, "/plain"), &["--send", "x"]);
     assert_eq!(r["status"], 400, "{r}");
     let body: serde_json::Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
-    assert!(body["error"].as_str().unwrap().contains("WebSocket"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("WebSocket"),
+        "{body}"
+    );
     assert!(body["request_id"].is_string());
 }
 
@@ -96,7 +99,10 @@ fn sticky_cookie_keeps_reconnects_on_one_backend() {
     let url = ws_url(&gw, "/room");
 
     let first = client(&url, &["--send", "m"]);
-    let set = first["set_cookie"].as_str().expect("a cookie on the 101").to_string();
+    let set = first["set_cookie"]
+        .as_str()
+        .expect("a cookie on the 101")
+        .to_string();
     assert!(set.starts_with("gh_affinity="), "{set}");
     for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=3600"] {
         assert!(set.contains(attr), "{attr} in {set}");
@@ -106,7 +112,10 @@ fn sticky_cookie_keeps_reconnects_on_one_backend() {
     let value = cookie.trim_start_matches("gh_affinity=");
     for addr in [a.addr(), b.addr()] {
         let port = addr.rsplit(':').next().unwrap();
-        assert!(!value.contains(port) && !value.contains("127"), "opaque: {value}");
+        assert!(
+            !value.contains(port) && !value.contains("127"),
+            "opaque: {value}"
+        );
     }
     let backend = first["answers"][0].as_str().unwrap()[..1].to_string();
 
@@ -118,19 +127,33 @@ fn sticky_cookie_keeps_reconnects_on_one_backend() {
     }
     // Without it the balancer alternates.
     let seen: std::collections::HashSet<String> = (0..4)
-        .map(|_| client(&url, &["--send", "m"])["answers"][0].as_str().unwrap()[..1].to_string())
+        .map(|_| {
+            client(&url, &["--send", "m"])["answers"][0]
+                .as_str()
+                .unwrap()[..1]
+                .to_string()
+        })
         .collect();
     assert_eq!(seen.len(), 2, "{seen:?}");
     // A forged or foreign value is ignored and replaced.
     let r = client(&url, &["--cookie", "gh_affinity=127.0.0.1", "--send", "m"]);
-    assert!(r["set_cookie"].as_str().unwrap().starts_with("gh_affinity="), "{r}");
+    assert!(
+        r["set_cookie"]
+            .as_str()
+            .unwrap()
+            .starts_with("gh_affinity="),
+        "{r}"
+    );
 
     // The same secret in another instance (or after an upgrade) honours the cookie.
     let other = Gatehouse::builder()
         .env("STICKY_KEY", "0123456789abcdef0123456789abcdef-test")
         .start(&body);
     for _ in 0..3 {
-        let r = client(&ws_url(&other, "/room"), &["--cookie", &cookie, "--send", "m"]);
+        let r = client(
+            &ws_url(&other, "/room"),
+            &["--cookie", &cookie, "--send", "m"],
+        );
         assert_eq!(r["answers"][0].as_str().unwrap()[..1], backend, "{r}");
     }
 
@@ -139,7 +162,11 @@ fn sticky_cookie_keeps_reconnects_on_one_backend() {
     gone.kill();
     let r = client(&url, &["--cookie", &cookie, "--send", "m"]);
     let moved_to = stays.addr();
-    assert_ne!(r["answers"][0].as_str().unwrap()[..1], backend, "{r} (now {moved_to})");
+    assert_ne!(
+        r["answers"][0].as_str().unwrap()[..1],
+        backend,
+        "{r} (now {moved_to})"
+    );
     let renewed = r["set_cookie"].as_str().expect("rebound");
     assert_ne!(renewed.split(';').next().unwrap(), cookie);
 }
@@ -152,7 +179,12 @@ fn idle_timeout_replaces_the_per_read_timeouts() {
         "{}{}{}{}",
         upstream("sink", &[&sink], "read_timeout = \"1s\""),
         upstream("push", &[&push], "read_timeout = \"1s\""),
-        route("sink", "/sink", "sink", "websocket_idle_timeout = \"2s\"\ntimeout = \"1s\""),
+        route(
+            "sink",
+            "/sink",
+            "sink",
+            "websocket_idle_timeout = \"2s\"\ntimeout = \"1s\""
+        ),
         route("push", "/push", "push", "websocket_idle_timeout = \"2s\""),
     );
     let gw = Gatehouse::start(&body);
@@ -164,7 +196,10 @@ fn idle_timeout_replaces_the_per_read_timeouts() {
     // The backend pushes for 4 s while the client stays silent: idle counts both ways.
     let r = client(&ws_url(&gw, "/push"), &["--idle", "4"]);
     assert!(r["close_code"].is_null(), "{r}");
-    assert_eq!(r["unexpected"], "a message while idle", "frames arrive: {r}");
+    assert_eq!(
+        r["unexpected"], "a message while idle",
+        "frames arrive: {r}"
+    );
 
     // Nothing either way for 2 s: the gateway closes the connection.
     let started = Instant::now();
@@ -180,7 +215,13 @@ fn graceful_upgrade_sends_going_away_to_both_sides() {
     let events = dir.path().join("events");
     let raw = PyServer::start(
         "ws_peer.py",
-        &["raw-server", "--events", events.to_str().unwrap(), "--name", "r"],
+        &[
+            "raw-server",
+            "--events",
+            events.to_str().unwrap(),
+            "--name",
+            "r",
+        ],
     );
     let body = format!(
         "{}{}",
@@ -212,7 +253,9 @@ fn graceful_upgrade_sends_going_away_to_both_sides() {
     struct Kill(u32);
     impl Drop for Kill {
         fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
         }
     }
     let _new = Kill(new_pid);
@@ -232,7 +275,11 @@ fn graceful_upgrade_sends_going_away_to_both_sides() {
     let log = std::fs::read_to_string(&events).unwrap();
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.first(), Some(&"text before"), "{log}");
-    assert_eq!(lines.get(1), Some(&"close 1001"), "the upstream's next frame: {log}");
+    assert_eq!(
+        lines.get(1),
+        Some(&"close 1001"),
+        "the upstream's next frame: {log}"
+    );
 
     // A reconnect reaches the new process.
     let r = client(&url, &["--send", "after"]);

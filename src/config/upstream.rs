@@ -349,6 +349,19 @@ pub fn read(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<Upstr
         Some(n) => r.integer(&n, 1, 10_000).map_or(100, |v| v as usize),
     };
     let sticky = t.get("sticky").and_then(|n| read_sticky(r, &n));
+    if protocol == Protocol::Http1
+        && matches!(
+            health_check.as_ref().map(|h| &h.kind),
+            Some(HealthCheckKind::Grpc { .. })
+        )
+    {
+        if let Some(n) = t.get("health_check") {
+            r.error(
+                &n,
+                "a grpc health check needs protocol = \"h2\" or \"h2c\" on the upstream",
+            );
+        }
+    }
 
     if !ok || r.error_count() > errors_before {
         return None;

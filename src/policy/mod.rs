@@ -9,15 +9,20 @@
 //!
 //! | # | policy | `on_request` | `on_upstream_request` | `on_response` |
 //! |---|---|---|---|---|
-//! | 1 | [`authenticate`] (routes with `auth`) | verifies credentials (401) | removes the credential (`hide_credentials`) | |
-//! | 2 | [`authorize`] (`require_roles` / `require_scopes`) | roles and scopes (403) | | |
-//! | 3 | [`rate_limit`] (routes with `rate_limit`) | tiered limits and quotas (429, 503) | | rate-limit headers |
-//! | 4 | [`strip_prefix`] (routes with `strip_prefix`) | | rewrites the path | |
-//! | 5 | [`identity`] (every route) | | removes client copies of identity headers, sets the caller's | |
+//! | 1 | [`protocols`] (every route) | gRPC needs an HTTP/2 upstream, gRPC-Web needs `grpc_web`, upgrades need `websocket` | `te: trailers` for gRPC | |
+//! | 2 | [`cors`] (routes with `cors`) | answers preflights (204/403) | | CORS headers |
+//! | 3 | [`body_limit`] (every route) | declared length over `max_body` (413) | | |
+//! | 4 | [`authenticate`] (routes with `auth`) | verifies credentials (401) | removes the credential (`hide_credentials`) | |
+//! | 5 | [`authorize`] (`require_roles` / `require_scopes`) | roles and scopes (403) | | |
+//! | 6 | [`rate_limit`] (routes with `rate_limit`) | tiered limits and quotas (429, 503) | | rate-limit headers |
+//! | 7 | [`headers`] (`request_headers` / `response_headers`) | | header edits | header edits |
+//! | 8 | [`rewrite`] or [`strip_prefix`] | | rewrites the path | |
+//! | 9 | [`json_body`] (`request_body` / `response_body`) | | | (bodies, in the body phases) |
+//! | 10 | [`sticky`] (sticky upstreams) | reads the affinity cookie | | sets it when the backend changed |
+//! | 11 | [`identity`] (every route) | | removes client copies of identity headers, sets the caller's | |
 //!
-//! Issue-by-issue additions slot in at fixed places: request hygiene before 1, CORS preflight
-//! between hygiene and 1, transformations after 3. A route pays only for the phases some policy
-//! of its pipeline uses: each phase first tests one bit of the pipeline's phase set.
+//! Request hygiene runs before the pipeline, at the edge. A route pays only for the phases some
+//! policy of its pipeline uses: each phase first tests one bit of the pipeline's phase set.
 
 pub mod authenticate;
 pub mod authorize;

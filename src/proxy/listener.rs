@@ -418,7 +418,11 @@ impl HeadGuard {
             let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
             let ws = self.ws.as_mut().expect("websocket mode");
             for (i, b) in buf[..n].iter().enumerate() {
-                let want = if ws.crlf_seen.is_multiple_of(2) { b'\r' } else { b'\n' };
+                let want = if ws.crlf_seen.is_multiple_of(2) {
+                    b'\r'
+                } else {
+                    b'\n'
+                };
                 ws.crlf_seen = if *b == want {
                     ws.crlf_seen + 1
                 } else if *b == b'\r' {
