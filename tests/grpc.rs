@@ -66,7 +66,8 @@ header = "x-api-key"
 store = "local"
 [rate_limit.tiers.free]
 rps = 1
-burst = 2
+burst = 100
+daily_quota = 2
 
 [upstreams.grpc]
 protocol = "h2c"
@@ -169,7 +170,8 @@ fn api_key_metadata_authenticates() {
 #[test]
 fn rate_limit_answers_resource_exhausted() {
     let e = env();
-    let codes: Vec<String> = (0..4)
+    // A daily quota of 2: deterministic however slowly the clients start.
+    let codes: Vec<String> = (0..2)
         .map(|_| {
             call(&e.gw, "/limited.Echo/Unary", "x", &[])["code"]
                 .as_str()
@@ -177,11 +179,7 @@ fn rate_limit_answers_resource_exhausted() {
                 .to_string()
         })
         .collect();
-    assert_eq!(codes[0], "OK");
-    assert!(
-        codes.iter().any(|c| c == "RESOURCE_EXHAUSTED"),
-        "burst 2 at 1 rps: {codes:?}"
-    );
+    assert_eq!(codes, ["OK", "OK"]);
     let r = call(&e.gw, "/limited.Echo/Unary", "x", &[]);
     assert_eq!(r["code"], "RESOURCE_EXHAUSTED", "{r}");
     assert_eq!(r["details"], "rate limit exceeded");
@@ -237,7 +235,16 @@ fn curl_grpc(gw: &Gatehouse, path: &str, headers: &[&str]) -> String {
         .arg(gw.url(path))
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_lowercase()
+    format!(
+        "{}{}{}",
+        String::from_utf8_lossy(&out.stdout).to_lowercase(),
+        String::from_utf8_lossy(&out.stderr),
+        if out.status.success() {
+            String::new()
+        } else {
+            format!(" ({})", out.status)
+        }
+    )
 }
 
 #[test]
@@ -255,11 +262,10 @@ fn grpc_timeout_shortens_the_deadline_and_answers_are_trailers_only() {
     );
     assert!(head.contains("grpc-message: "), "{head}");
 
-    let head = curl_grpc(&e.gw, "/nothing.Here/Call", &[]);
-    assert!(
-        head.contains("grpc-status: 12\r\n"),
-        "404 → UNIMPLEMENTED: {head}"
-    );
+    // No route: 404 → UNIMPLEMENTED (through grpcio: curl treats the stream reset that
+    // follows an answer given before its upload finished as an error).
+    let r = call(&e.gw, "/nothing.Here/Call", "x", &[]);
+    assert_eq!(r["code"], "UNIMPLEMENTED", "{r}");
     // A malformed grpc-timeout is ignored, as gRPC servers do.
     let head = curl_grpc(&e.gw, "/test.Echo/Unary", &["grpc-timeout: soon"]);
     assert!(head.starts_with("http/2 200"), "{head}");
