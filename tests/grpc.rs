@@ -1,6 +1,7 @@
 //! gRPC through the real binary with real grpcio clients and servers
 //! (`tests/tools/grpc_peer.py`): unary and server streaming with trailers intact over h2c and
-//! over TLS (h2, verified against a CA and an SNI name), API-key metadata, the gateway's own
+//! over TLS (h2, verified against a CA and an SNI name, with a client certificate for mTLS to
+//! the backend), API-key metadata, the gateway's own
 //! answers gRPC-shaped (rate limit → RESOURCE_EXHAUSTED, backend down → UNAVAILABLE, deadlines
 //! → DEADLINE_EXCEEDED, an HTTP/1 upstream → UNAVAILABLE), `grpc-timeout`, gRPC health checks
 //! and gRPC-Web through Pingora's bridge.
@@ -469,4 +470,54 @@ fn grpc_over_tls_to_the_gateway_negotiates_h2() {
     assert_eq!(r["code"], "OK", "{r}");
     assert_eq!(r["responses"], serde_json::json!(["t:0", "t:1"]));
     drop(gw);
+}
+
+#[test]
+fn upstream_mtls_presents_the_configured_client_certificate() {
+    let pki = Pki::new("internal");
+    let (cert, key) = pki.server("backend", &["backend.test"], 30);
+    let ca = pki.ca_path("internal");
+    let (client_cert, client_key) = pki.client("gateway", "gatehouse", "Acme");
+    let backend = PyServer::start(
+        "grpc_peer.py",
+        &[
+            "server",
+            "--name",
+            "m",
+            "--tls",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "--client-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let upstream = |name: &str, client: &str| {
+        format!(
+            "[upstreams.{name}]\nprotocol = \"h2\"\ntls = true\nsni = \"backend.test\"\n\
+             ca_file = \"{}\"\nbackends = [{{ addr = \"{}\" }}]\n{client}\n",
+            ca.display(),
+            backend.addr()
+        )
+    };
+    let body = format!(
+        "{}{}{}{}",
+        upstream(
+            "with_cert",
+            &format!(
+                "client_cert = \"{}\"\nclient_key = \"{}\"",
+                client_cert.display(),
+                client_key.display()
+            )
+        ),
+        upstream("without_cert", ""),
+        route("with", "test.Echo", "with_cert", ""),
+        route("without", "without.Echo", "without_cert", ""),
+    );
+    let gw = Gatehouse::start(&body);
+    let r = call(&gw, "/test.Echo/Unary", "mtls", &[]);
+    assert_eq!(r["code"], "OK", "{r}");
+    assert_eq!(r["responses"][0], "m:mtls");
+    // The backend refuses a gateway without a client certificate.
+    let r = call(&gw, "/without.Echo/Unary", "x", &[]);
+    assert_eq!(r["code"], "UNAVAILABLE", "{r}");
 }

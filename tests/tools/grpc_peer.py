@@ -1,8 +1,10 @@
 """A real gRPC server and client (grpcio, generic handlers, raw bytes messages) for the
 protocol tests.
 
-    grpc_peer.py server [--tls CERT KEY] [--health SERVING|NOT_SERVING] [--name NAME]
-        Serves on a free loopback port and prints "PORT <n>", then runs until killed:
+    grpc_peer.py server [--tls CERT KEY] [--client-ca CA] [--health SERVING|NOT_SERVING]
+                        [--name NAME]
+        Serves on a free loopback port and prints "PORT <n>", then runs until killed (with
+        --client-ca, TLS clients must present a certificate issued by CA):
           /test.Echo/Unary       answers "<name>:" + the request, and echoes back as trailing
                                  metadata what it saw of x-api-key, x-request-id,
                                  x-forwarded-for and authorization
@@ -24,6 +26,7 @@ import grpc
 
 def server(args):
     tls = None
+    client_ca = None
     health = "SERVING"
     name = "backend"
     i = 0
@@ -33,6 +36,9 @@ def server(args):
             i += 3
         elif args[i] == "--health":
             health = args[i + 1]
+            i += 2
+        elif args[i] == "--client-ca":
+            client_ca = args[i + 1]
             i += 2
         elif args[i] == "--name":
             name = args[i + 1]
@@ -87,7 +93,14 @@ def server(args):
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=handlers)
     if tls:
         with open(tls[0], "rb") as c, open(tls[1], "rb") as k:
-            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+            pair = [(k.read(), c.read())]
+        if client_ca:
+            with open(client_ca, "rb") as f:
+                creds = grpc.ssl_server_credentials(
+                    pair, root_certificates=f.read(), require_client_auth=True
+                )
+        else:
+            creds = grpc.ssl_server_credentials(pair)
         port = srv.add_secure_port("127.0.0.1:0", creds)
     else:
         port = srv.add_insecure_port("127.0.0.1:0")
