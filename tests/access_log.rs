@@ -98,3 +98,34 @@ async fn access_log_can_be_turned_off() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!path.exists(), "nothing is written when disabled");
 }
+
+/// The writer is never woken per line (it drains the queue on a timer), so lines queued just
+/// before a graceful shutdown must still be written when the process exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_queued_at_shutdown_are_not_lost() {
+    let b = TestBackend::start("b");
+    let mut gw = Gatehouse::builder().access_log_file().start(&body(&b));
+    let c = client();
+    for i in 0..200 {
+        let r = c
+            .get(gw.url(&format!("/api/{i}")))
+            .header("connection", "close")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // At once: some lines are still queued when the signal arrives.
+    gw.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while gw.exited().is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.exited().is_some(), "stopped");
+    let text = gw.access_log();
+    let paths: std::collections::HashSet<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].to_string())
+        .collect();
+    assert_eq!(paths.len(), 200, "every request is logged:\n{text}");
+}

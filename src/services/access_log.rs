@@ -1,12 +1,15 @@
 //! Writes access log lines queued by the request path ([`crate::access_log`]) to stdout or a
-//! file, in batches, on its own runtime thread.
+//! file, in batches, on its own runtime thread, without the request path ever waking it.
 
 use std::io::Write;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+
+use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::access_log::Lines;
 
@@ -24,15 +27,67 @@ impl AccessLogWriter {
     }
 }
 
+/// How often queued lines are written out. The request path never wakes the writer: it only
+/// queues, and the writer looks every `FLUSH_EVERY` (no syscall, wake-up or context switch
+/// per line; one write per batch).
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Where lines go, and the lines not written yet. Dropping it (when the runtime shuts down at
+/// the end of a graceful shutdown or upgrade) writes whatever is still queued.
+struct Sink {
+    rx: tokio::sync::mpsc::Receiver<String>,
+    out: Box<dyn Write + Send>,
+    buf: Vec<u8>,
+}
+
+impl Sink {
+    /// Writes every queued line; false once the request path has gone away.
+    fn drain(&mut self) -> bool {
+        let open = loop {
+            match self.rx.try_recv() {
+                Ok(line) => {
+                    self.buf.extend_from_slice(line.as_bytes());
+                    self.buf.push(b'\n');
+                    if self.buf.len() > 256 * 1024 {
+                        self.write();
+                    }
+                }
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
+            }
+        };
+        self.write();
+        open
+    }
+
+    fn write(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        // This service runs on its own runtime: a blocking write here never delays requests.
+        if let Err(e) = self.out.write_all(&self.buf).and_then(|_| self.out.flush()) {
+            log::error!("access log write failed: {e}");
+        }
+        self.buf.clear();
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}
+
 #[async_trait]
 impl BackgroundService for AccessLogWriter {
     async fn start(&self, _shutdown: ShutdownWatch) {
         // Shutdown is deliberately not watched: requests keep finishing (and being logged)
-        // through the grace period, and every batch is flushed as soon as it is written.
-        let Some(Lines { mut rx, path }) = self.lines.lock().ok().and_then(|mut l| l.take()) else {
+        // through the grace period; what is queued when the runtime stops is written by
+        // `Sink::drop`.
+        let Some(Lines { rx, path }) = self.lines.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
-        let mut out: Box<dyn Write + Send> = match &path {
+        let out: Box<dyn Write + Send> = match &path {
             None => Box::new(std::io::stdout()),
             Some(path) => match std::fs::OpenOptions::new()
                 .create(true)
@@ -49,23 +104,18 @@ impl BackgroundService for AccessLogWriter {
                 }
             },
         };
-        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut sink = Sink {
+            rx,
+            out,
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Some(first) = rx.recv().await else { break };
-            buf.extend_from_slice(first.as_bytes());
-            buf.push(b'\n');
-            while let Ok(line) = rx.try_recv() {
-                buf.extend_from_slice(line.as_bytes());
-                buf.push(b'\n');
-                if buf.len() > 256 * 1024 {
-                    break;
-                }
+            tick.tick().await;
+            if !sink.drain() {
+                break;
             }
-            // This service runs on its own runtime: a blocking write here never delays requests.
-            if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
-                log::error!("access log write failed: {e}");
-            }
-            buf.clear();
         }
     }
 }
