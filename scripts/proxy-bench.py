@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy benchmark: nginx proxy_pass, the bare Pingora reference proxy
+(benches/bare_pingora: round robin to one backend, mimalloc, no work stealing) and Gatehouse
+(routing only; JWT HS256 + local rate limit; the same with the JSON access log on; API key +
+local rate limit), all in one run.
+
+Every proxy under test runs pinned to CPU 0 with one worker thread; wrk and the nginx backend
+share CPU 1. Rounds are interleaved (every case once per round) and medians reported, because
+single figures on these VMs move 10-25 % between runs. Reported per case: requests/s, CPU µs
+per request (the proxy process's utime+stime ticks over the requests it served), and ratios to
+the bare proxy and to nginx. Then memory per idle keep-alive client connection (N connections,
+one request each, RSS delta / N), latency added at a fixed rate below saturation (h2load
+--h1 at 5k req/s over 10 connections; median and p99 minus the same run straight to the
+backend), and TLS termination (same certificate for nginx and Gatehouse; keep-alive and a new
+connection per request).
+
+Bounded and loopback only: DURATION seconds per wrk run (default 8), ROUNDS rounds (default 3).
+Usage: scripts/proxy-bench.py [--duration S] [--rounds N] [--skip-tls] [--skip-latency]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def need(tool, package):
+    if shutil.which(tool) is None:
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def children_pids(pid):
+    """nginx: the master and its worker."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid] + [int(p) for p in out.split()]
+
+
+def wait_up(port, path="/", timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"nothing answers on port {port}")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="proxy-bench-")
+        self.procs = []
+
+    def spawn(self, cmd, cpu, env=None, **kw):
+        full = ["taskset", "-c", str(cpu)] + cmd
+        p = subprocess.Popen(full, env={**os.environ, **(env or {})},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in self.procs:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            p.wait()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def nginx(self, name, cpu, servers):
+        d = os.path.join(self.work, name)
+        os.makedirs(d)
+        conf = f"""daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  upstream backend {{ server 127.0.0.1:{self.backend_port}; keepalive 64; }}
+  {servers}
+}}
+"""
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(conf)
+        return self.spawn(["nginx", "-c", f"{d}/nginx.conf", "-p", d], cpu)
+
+    def setup(self):
+        self.backend_port = free_port()
+        self.nginx_port, self.nginx_tls_port = free_port(), free_port()
+        self.bare_port, self.gw_port, self.gw_log_port = free_port(), free_port(), free_port()
+        self.gw_tls_port = free_port()
+        w = self.work
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "30", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", f"{w}/tls.key", "-out", f"{w}/tls.pem"],
+            check=True, capture_output=True)
+        self.nginx("backend", 1,
+                   f"server {{ listen 127.0.0.1:{self.backend_port}; "
+                   "location / { return 200 'hello from the backend'; } }")
+        proxy = ("location / { proxy_pass http://backend; proxy_http_version 1.1; "
+                 "proxy_set_header Connection \"\"; }")
+        self.nginx_proc = self.nginx(
+            "proxy", 0,
+            f"server {{ listen 127.0.0.1:{self.nginx_port}; {proxy} }}\n"
+            f"server {{ listen 127.0.0.1:{self.nginx_tls_port} ssl; ssl_certificate {w}/tls.pem; "
+            f"ssl_certificate_key {w}/tls.key; ssl_protocols TLSv1.2 TLSv1.3; "
+            f"ssl_session_cache shared:SSL:10m; {proxy} }}")
+        wait_up(self.backend_port)
+
+        bare_dir = os.path.join(ROOT, "benches", "bare_pingora")
+        bare_target = os.environ.get("BARE_TARGET_DIR", "/tmp/gatehouse-bare-target")
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=bare_dir, check=True,
+                       env={**os.environ, "CARGO_TARGET_DIR": bare_target})
+        self.bare_proc = self.spawn(
+            [f"{bare_target}/release/bare-pingora", "-c", f"{bare_dir}/pingora.yaml"], 0,
+            env={"BARE_BACKEND": f"127.0.0.1:{self.backend_port}",
+                 "BARE_LISTEN": f"127.0.0.1:{self.bare_port}", "RUST_LOG": "error"})
+
+        gh = os.path.join(ROOT, "target", "release", "gatehouse")
+        secret = "proxy-bench-hmac-secret-of-32-bytes-or-more"
+        self.key = subprocess.run(
+            [gh, "keys", "new", "--consumer", "bench", "--tier", "big", "--file", f"{w}/keys.toml"],
+            check=True, capture_output=True, text=True).stdout.strip()
+        self.jwt = make_jwt(secret)
+
+        def config(name, port, access_log, tls):
+            tls_section = (f'[server.tls]\nlisten = ["127.0.0.1:{self.gw_tls_port}"]\n'
+                           f'[[server.tls.certificates]]\ncert = "{w}/tls.pem"\nkey = "{w}/tls.key"\n'
+                           if tls else "")
+            log = (f'[access_log]\npath = "{w}/{name}-access.log"\n' if access_log
+                   else "[access_log]\nenabled = false\n")
+            text = f"""[server]
+listen = ["127.0.0.1:{port}"]
+threads = 1
+pid_file = "{w}/{name}.pid"
+upgrade_sock = "{w}/{name}.sock"
+{tls_section}{log}
+[auth.api_keys.k]
+keys_file = "{w}/keys.toml"
+[auth.jwt.j]
+algorithms = ["HS256"]
+secret_env = "BENCH_SECRET"
+tier_claim = "tier"
+[rate_limit.tiers.big]
+rps = 10000000
+burst = 100000000
+[upstreams.b]
+backends = [{{ addr = "127.0.0.1:{self.backend_port}" }}]
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "b"
+[[routes]]
+name = "apikey"
+path_prefix = "/apikey"
+upstream = "b"
+auth = ["api_key:k"]
+rate_limit = {{ key = "consumer", default_tier = "big" }}
+[[routes]]
+name = "jwt"
+path_prefix = "/jwt"
+upstream = "b"
+auth = ["jwt:j"]
+rate_limit = {{ key = "consumer", default_tier = "big" }}
+"""
+            path = f"{w}/{name}.toml"
+            with open(path, "w") as f:
+                f.write(text)
+            return self.spawn([gh, "-c", path], 0,
+                              env={"BENCH_SECRET": secret, "RUST_LOG": "error"})
+
+        self.gw_proc = config("gw", self.gw_port, False, True)
+        self.gw_log_proc = config("gwlog", self.gw_log_port, True, False)
+        for port in (self.nginx_port, self.bare_port):
+            wait_up(port)
+        for port in (self.gw_port, self.gw_log_port):
+            wait_up(port, "/plain")
+
+    def wrk(self, url, headers=(), connections=64):
+        cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}",
+               f"-d{self.args.duration}s"]
+        for h in headers:
+            cmd += ["-H", h]
+        out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+        total = rps = 0.0
+        for line in out.splitlines():
+            if "requests in" in line:
+                total = float(line.split()[0])
+            if line.startswith("Requests/sec:"):
+                rps = float(line.split()[1])
+            if "Non-2xx" in line:
+                raise SystemExit(f"errors from {url}: {line}")
+        return total, rps
+
+    def measure(self, pids, url, headers=()):
+        before = sum(cpu_ticks(p) for p in pids)
+        total, rps = self.wrk(url, headers)
+        used = sum(cpu_ticks(p) for p in pids) - before
+        return rps, used / TICK * 1e6 / max(total, 1)
+
+    def throughput(self):
+        n = self.nginx_proc.pid
+        cases = [
+            ("nginx proxy_pass", lambda: children_pids(n), f"http://127.0.0.1:{self.nginx_port}/", ()),
+            ("bare Pingora", lambda: [self.bare_proc.pid], f"http://127.0.0.1:{self.bare_port}/", ()),
+            ("gatehouse routing only", lambda: [self.gw_proc.pid],
+             f"http://127.0.0.1:{self.gw_port}/plain", ()),
+            ("gatehouse JWT + rate limit", lambda: [self.gw_proc.pid],
+             f"http://127.0.0.1:{self.gw_port}/jwt", (f"Authorization: Bearer {self.jwt}",)),
+            ("gatehouse JWT + rate limit + access log", lambda: [self.gw_log_proc.pid],
+             f"http://127.0.0.1:{self.gw_log_port}/jwt", (f"Authorization: Bearer {self.jwt}",)),
+            ("gatehouse API key + rate limit", lambda: [self.gw_proc.pid],
+             f"http://127.0.0.1:{self.gw_port}/apikey", (f"X-API-Key: {self.key}",)),
+        ]
+        results = {c[0]: ([], []) for c in cases}
+        for r in range(self.args.rounds):
+            for name, pids, url, headers in cases:
+                rps, us = self.measure(pids(), url, headers)
+                results[name][0].append(rps)
+                results[name][1].append(us)
+            print(f"  round {r + 1}/{self.args.rounds} done", file=sys.stderr)
+        med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in results.items()}
+        bare_us = med["bare Pingora"][1]
+        nginx_rps = med["nginx proxy_pass"][0]
+        print(f"\nThroughput, wrk -t1 -c64, {self.args.duration}s x {self.args.rounds} "
+              "interleaved rounds (medians):")
+        print(f"| case | req/s | vs nginx | CPU µs/request | vs bare |")
+        print("|---|---|---|---|---|")
+        for name, _, _, _ in cases:
+            rps, us = med[name]
+            print(f"| {name} | {rps:,.0f} | {rps / nginx_rps:.2f}x | {us:.1f} | "
+                  f"{us / bare_us:.2f}x |")
+        return med
+
+    def memory(self, n=500):
+        print(f"\nMemory per idle keep-alive client connection ({n} connections, one request "
+              "each, RSS delta / N):")
+        print("| proxy | KB per connection |")
+        print("|---|---|")
+        for name, pids, port, path in [
+            ("nginx proxy_pass", children_pids(self.nginx_proc.pid), self.nginx_port, "/"),
+            ("bare Pingora", [self.bare_proc.pid], self.bare_port, "/"),
+            ("gatehouse", [self.gw_proc.pid], self.gw_port, "/plain"),
+        ]:
+            before = sum(rss_kb(p) for p in pids)
+            socks = []
+            for _ in range(n):
+                s = socket.create_connection(("127.0.0.1", port))
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+                socks.append(s)
+            for s in socks:
+                s.settimeout(5)
+                s.recv(4096)
+            time.sleep(0.5)
+            after = sum(rss_kb(p) for p in pids)
+            for s in socks:
+                s.close()
+            print(f"| {name} | {(after - before) / n:.1f} |")
+            time.sleep(0.5)
+
+    def latency(self):
+        need("h2load", "nghttp2-client")
+        print("\nLatency added at a fixed 5k req/s (h2load --h1 -c 10 --rps 500, 6 s; "
+              "minus the same run straight to the backend):")
+        print("| target | p50 µs | p99 µs | added p50 | added p99 |")
+        print("|---|---|---|---|---|")
+        rows = []
+        for name, url, headers in [
+            ("backend directly", f"http://127.0.0.1:{self.backend_port}/", ()),
+            ("nginx proxy_pass", f"http://127.0.0.1:{self.nginx_port}/", ()),
+            ("bare Pingora", f"http://127.0.0.1:{self.bare_port}/", ()),
+            ("gatehouse routing only", f"http://127.0.0.1:{self.gw_port}/plain", ()),
+            ("gatehouse JWT + rate limit", f"http://127.0.0.1:{self.gw_port}/jwt",
+             (f"Authorization: Bearer {self.jwt}",)),
+        ]:
+            log = os.path.join(self.work, "h2load.log")
+            cmd = ["taskset", "-c", "1", "h2load", "--h1", "-c", "10", "--rps", "500", "-D", "6",
+                   "--log-file", log]
+            for h in headers:
+                cmd += ["-H", h]
+            subprocess.run(cmd + [url], capture_output=True, check=True)
+            with open(log) as f:
+                durations = sorted(int(l.split()[2]) for l in f if l.strip())
+            p50 = durations[len(durations) // 2]
+            p99 = durations[int(len(durations) * 0.99)]
+            rows.append((name, p50, p99))
+        base = rows[0]
+        for name, p50, p99 in rows:
+            print(f"| {name} | {p50} | {p99} | {p50 - base[1]:+d} | {p99 - base[2]:+d} |")
+
+    def tls(self):
+        print("\nTLS termination, same ECDSA P-256 certificate (one round each):")
+        print("| case | nginx req/s | gatehouse req/s | ratio |")
+        print("|---|---|---|---|")
+        for label, headers in [("keep-alive", ()), ("new connection per request",
+                                                    ("Connection: close",))]:
+            _, n = self.wrk(f"https://127.0.0.1:{self.nginx_tls_port}/", headers)
+            _, g = self.wrk(f"https://127.0.0.1:{self.gw_tls_port}/plain", headers)
+            print(f"| {label} | {n:,.0f} | {g:,.0f} | {g / n:.2f}x |")
+
+
+def make_jwt(secret):
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    h = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    p = b64(json.dumps({"sub": "bench", "tier": "big", "exp": int(time.time()) + 3600}).encode())
+    s = b64(hmac.new(secret.encode(), f"{h}.{p}".encode(), hashlib.sha256).digest())
+    return f"{h}.{p}.{s}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--skip-tls", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    for tool, pkg in [("wrk", "wrk"), ("nginx", "nginx"), ("openssl", "openssl")]:
+        need(tool, pkg)
+    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "gatehouse"], cwd=ROOT,
+                   check=True)
+    b = Bench(args)
+    try:
+        b.setup()
+        print(f"# {time.strftime('%Y-%m-%d')} on {os.uname().nodename}, "
+              f"{os.cpu_count()} CPUs; proxies pinned to CPU 0, wrk and the backend to CPU 1")
+        b.throughput()
+        if not args.skip_memory:
+            b.memory()
+        if not args.skip_latency:
+            b.latency()
+        if not args.skip_tls:
+            b.tls()
+    finally:
+        b.close()
+
+
+if __name__ == "__main__":
+    main()
