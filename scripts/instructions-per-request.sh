@@ -6,6 +6,7 @@
 # sends N keep-alive requests per case (routing only; API key + local rate limit; JWT HS256 +
 # local rate limit) and prints instructions per request. Loopback only, bounded by N.
 # Usage: scripts/instructions-per-request.sh [-n N] [BINARY...]
+# CALLGRIND_KEEP=DIR keeps each profile for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=2000
@@ -125,6 +126,11 @@ TOML
     kill "$vg"; wait "$vg" 2>/dev/null || true
     # The dump after zeroing holds only the N requests; sum every dump part's totals.
     total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s + 0}')
+    # CALLGRIND_KEEP=DIR keeps the profiles (for callgrind_annotate), one per binary and case.
+    if [ -n "${CALLGRIND_KEEP:-}" ]; then
+      mkdir -p "$CALLGRIND_KEEP"
+      for f in "$out".*; do cp "$f" "$CALLGRIND_KEEP/$(basename "$bin")-${path#/}-${f##*.}"; done
+    fi
     printf '%-48s %-28s %s\n' "$bin" "$label" "$((total / n))"
   done
 done

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -53,53 +53,86 @@ impl TrustedProxies {
 
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` on the upstream request. From a trusted proxy
 /// the peer is appended to the existing chain and the proxy's `-Proto`/`-Host` are kept; from
-/// anyone else all three are replaced.
+/// anyone else all three are replaced. `host` is the request's `Host` (or authority) value.
+///
+/// On the request path: values are built without `format!` (the peer address is written into a
+/// stack buffer), `X-Forwarded-Host` shares the `Host` value's bytes, and `-Proto` is static.
 pub fn set_upstream_headers(
     req: &mut RequestHeader,
     peer: Option<IpAddr>,
     peer_trusted: bool,
-    host: Option<&str>,
+    host: Option<HeaderValue>,
     tls: bool,
 ) -> pingora::Result<()> {
     let Some(peer) = peer.map(canonical) else {
         // Not an IP peer (e.g. a Unix socket): pass nothing on the client's word.
-        req.remove_header(XFF);
+        req.remove_header(&XFF);
         return Ok(());
     };
-    let existing = req
-        .headers
-        .get_all(XFF)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>();
-    let xff = if peer_trusted && !existing.is_empty() {
-        format!("{}, {peer}", existing.join(", "))
+    let mut ip_text = IpText::default();
+    let ip = ip_text.write(peer);
+    let xff = if peer_trusted && req.headers.contains_key(&XFF) {
+        let mut chain = Vec::with_capacity(64);
+        for v in req.headers.get_all(&XFF) {
+            if !chain.is_empty() {
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(v.as_bytes());
+        }
+        chain.extend_from_slice(b", ");
+        chain.extend_from_slice(ip);
+        HeaderValue::from_bytes(&chain)
     } else {
-        peer.to_string()
+        HeaderValue::from_bytes(ip)
     };
-    req.insert_header(XFF, xff)?;
-    let keep_proto = peer_trusted && req.headers.contains_key(XFP);
-    let keep_host = peer_trusted && req.headers.contains_key(XFH);
-    if !keep_proto {
-        req.insert_header(XFP, if tls { "https" } else { "http" })?;
+    if let Ok(v) = xff {
+        req.insert_header(XFF_STR, v)?;
     }
-    if !keep_host {
+    if !(peer_trusted && req.headers.contains_key(&XFP)) {
+        let proto = if tls { HTTPS } else { HTTP };
+        req.insert_header(XFP_STR, proto)?;
+    }
+    if !(peer_trusted && req.headers.contains_key(&XFH)) {
         match host {
             Some(h) => {
-                let h = h.to_string();
-                req.insert_header(XFH, h)?;
+                req.insert_header(XFH_STR, h)?;
             }
             None => {
-                req.remove_header(XFH);
+                req.remove_header(&XFH);
             }
         }
     }
     Ok(())
 }
 
-const XFF: &str = "x-forwarded-for";
-const XFP: &str = "x-forwarded-proto";
-const XFH: &str = "x-forwarded-host";
+const XFF_STR: &str = "x-forwarded-for";
+const XFP_STR: &str = "x-forwarded-proto";
+const XFH_STR: &str = "x-forwarded-host";
+const XFF: HeaderName = HeaderName::from_static(XFF_STR);
+const XFP: HeaderName = HeaderName::from_static(XFP_STR);
+const XFH: HeaderName = HeaderName::from_static(XFH_STR);
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// An IP address as text, in a stack buffer (an IPv6 address is at most 45 bytes).
+struct IpText([u8; 48], usize);
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText([0; 48], 0)
+    }
+}
+
+impl IpText {
+    fn write(&mut self, ip: IpAddr) -> &[u8] {
+        use std::io::Write;
+        let mut cursor = std::io::Cursor::new(&mut self.0[..]);
+        // 48 bytes always hold an address.
+        let _ = write!(cursor, "{ip}");
+        self.1 = cursor.position() as usize;
+        &self.0[..self.1]
+    }
+}
 
 /// IPv4-mapped IPv6 addresses are treated as the IPv4 address they carry.
 fn canonical(ip: IpAddr) -> IpAddr {

@@ -91,6 +91,9 @@ impl Phases {
 pub struct RequestState {
     /// The request id echoed to the client and sent upstream.
     pub request_id: RequestId,
+    /// The same id as a header value, built once (the client's own value when it was kept)
+    /// and shared by every header that carries it.
+    pub request_id_header: Option<http::HeaderValue>,
     /// The matched route.
     pub route: Option<RouteId>,
     /// The client IP (after trusted-proxy resolution).
@@ -138,6 +141,17 @@ pub struct BodyState {
     pub request_values: Vec<serde_json::Value>,
     /// The values the response body's `set` writes, rendered with the response header.
     pub response_values: Vec<serde_json::Value>,
+}
+
+impl RequestState {
+    /// The request id as a header value (shared bytes, no copy once built).
+    pub fn request_id_value(&self) -> http::HeaderValue {
+        match &self.request_id_header {
+            Some(v) => v.clone(),
+            None => http::HeaderValue::from_str(self.request_id.as_str())
+                .unwrap_or(http::HeaderValue::from_static("-")),
+        }
+    }
 }
 
 /// One policy: the phases it implements (the rest do nothing). Implementations are dispatched

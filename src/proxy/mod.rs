@@ -179,9 +179,14 @@ impl ProxyHttp for Gateway {
             snapshot, state, ..
         } = &mut *ctx;
         let req = session.req_header();
-        state.request_id = crate::request_id::RequestId::from_client_or_new(
-            req.headers.get(REQUEST_ID).map(HeaderValue::as_bytes),
-        );
+        let client_id = req.headers.get(REQUEST_ID);
+        state.request_id =
+            crate::request_id::RequestId::from_client_or_new(client_id.map(HeaderValue::as_bytes));
+        state.request_id_header = match client_id {
+            // Kept as sent: share its bytes.
+            Some(v) if v.as_bytes() == state.request_id.as_str().as_bytes() => Some(v.clone()),
+            _ => HeaderValue::from_str(state.request_id.as_str()).ok(),
+        };
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -281,10 +286,10 @@ impl ProxyHttp for Gateway {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
             ctx.state.peer_trusted,
-            request_host(session.req_header()),
+            request_host_value(session.req_header()),
             ctx.state.tls,
         )?;
-        upstream_request.insert_header(REQUEST_ID, ctx.state.request_id.as_str())?;
+        upstream_request.insert_header(REQUEST_ID, ctx.state.request_id_value())?;
         Ok(())
     }
 
@@ -309,7 +314,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(REQUEST_ID, ctx.state.request_id.as_str())?;
+        resp.insert_header(REQUEST_ID, ctx.state.request_id_value())?;
         if let Some(route) = ctx.state.route {
             let RequestCtx {
                 snapshot, state, ..
@@ -509,6 +514,18 @@ fn edge_hygiene(session: &mut Session, limits: &crate::config::Limits) -> Result
     };
     crate::hygiene::check(req, head_len, limits)?;
     crate::hygiene::sanitize(session.req_header_mut(), limits)
+}
+
+/// The request's host as a header value: the `Host` header's (shared, not copied), else the
+/// URI authority (HTTP/2).
+fn request_host_value(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.headers.get(http::header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
 }
 
 /// The request's host: the `Host` header, else the URI authority (HTTP/2).

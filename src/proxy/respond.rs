@@ -358,7 +358,7 @@ fn finish(
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(REQUEST_ID, ctx.state.request_id.as_str())?;
+    resp.insert_header(REQUEST_ID, ctx.state.request_id_value())?;
     for (name, value) in extra {
         resp.insert_header(*name, *value)?;
     }
