@@ -294,3 +294,49 @@ async fn decisions_are_counted_and_logged() {
     );
     assert!(lines.iter().all(|l| l["tier"] == "free"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_families_can_be_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let key = new_key(&keys, "freebie", None);
+    let backend = TestBackend::start("svc");
+    for (families, x, ietf) in [
+        ("ietf", false, true),
+        ("x-ratelimit", true, false),
+        ("none", false, false),
+    ] {
+        let body = body(&backend, &keys, 1).replace(
+            "store = \"local\"",
+            &format!("store = \"local\"\nheaders = \"{families}\""),
+        );
+        let gw = Gatehouse::start(&body);
+        let r = hit(&gw, "/keyed", Some(&key), None).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers().contains_key("x-ratelimit-limit"),
+            x,
+            "{families}"
+        );
+        assert_eq!(
+            r.headers().contains_key("x-ratelimit-daily-remaining"),
+            x,
+            "{families}"
+        );
+        assert_eq!(
+            r.headers().contains_key("ratelimit-policy"),
+            ietf,
+            "{families}"
+        );
+        assert_eq!(r.headers().contains_key("ratelimit"), ietf, "{families}");
+        // A refusal keeps its Retry-After whatever the families.
+        let r = hit(&gw, "/keyed", Some(&key), None).await;
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(
+            r.headers().contains_key("x-ratelimit-remaining"),
+            x,
+            "{families}"
+        );
+    }
+}

@@ -36,7 +36,8 @@ pub use ids::{ProviderId, Ref, RouteId, TierId, UpstreamId};
 pub use keys_file::ApiKeyRecord;
 pub use limits::{EncodedSlash, Limits, Underscores};
 pub use rate_limit::{
-    LimitKey, OnStoreError, RateLimitSettings, RouteLimit, Store, SyncMode, TierSpec,
+    HeaderFamilies, LimitKey, OnStoreError, RateLimitSettings, RouteLimit, Store, SyncMode,
+    TierSpec,
 };
 pub use resilience::{BreakerSpec, FailureKind, RetrySpec};
 pub use route::{HostMatch, PathMatch, RouteSpec};

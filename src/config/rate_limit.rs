@@ -34,6 +34,26 @@ pub struct RateLimitSettings {
     pub lease: Duration,
     /// The tiers, in file order; [`TierId`] indexes this list.
     pub tiers: Vec<TierSpec>,
+    /// Which rate-limit header families responses carry.
+    pub headers: HeaderFamilies,
+}
+
+/// Which rate-limit header families responses carry (`headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum HeaderFamilies {
+    /// `X-RateLimit-*` and the IETF `RateLimit-Policy` / `RateLimit` fields (the default).
+    #[default]
+    #[serde(rename = "both")]
+    Both,
+    /// Only `RateLimit-Policy` and `RateLimit`.
+    #[serde(rename = "ietf")]
+    Ietf,
+    /// Only `X-RateLimit-*`.
+    #[serde(rename = "x-ratelimit")]
+    XRatelimit,
+    /// None.
+    #[serde(rename = "none")]
+    None,
 }
 
 impl RateLimitSettings {
@@ -55,6 +75,7 @@ impl Default for RateLimitSettings {
             batch_size: None,
             lease: Duration::from_secs(1),
             tiers: Vec::new(),
+            headers: HeaderFamilies::Both,
         }
     }
 }
@@ -212,6 +233,19 @@ pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> RateLimitSetting
     if let Some(n) = t.get("lease") {
         if let Some(d) = r.duration(&n) {
             s.lease = d;
+        }
+    }
+    if let Some(n) = t.get("headers") {
+        match r.string(&n) {
+            Some("both") => s.headers = HeaderFamilies::Both,
+            Some("ietf") => s.headers = HeaderFamilies::Ietf,
+            Some("x-ratelimit") => s.headers = HeaderFamilies::XRatelimit,
+            Some("none") => s.headers = HeaderFamilies::None,
+            Some(other) => r.error(
+                &n,
+                format!("unknown header families \"{other}\" (expected both, ietf, x-ratelimit or none)"),
+            ),
+            None => {}
         }
     }
     if let Some(n) = t.get("on_store_error") {

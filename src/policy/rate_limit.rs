@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::{Phases, Policy, RequestState};
-use crate::ratelimit::{headers, RateLimiter, RouteLimiter};
+use crate::ratelimit::{RateLimiter, RouteLimiter};
 use crate::refusal::Refusal;
 use crate::upstream::UpstreamState;
 
@@ -76,7 +76,7 @@ impl Policy for RateLimit {
         state: &mut RequestState,
     ) -> pingora::Result<()> {
         if let Some(d) = &state.ratelimit {
-            headers::apply(resp, d, self.limiter.tier_name(d.tier))?;
+            self.limiter.apply_headers(resp, d)?;
         }
         Ok(())
     }

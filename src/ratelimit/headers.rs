@@ -2,39 +2,251 @@
 //! `RateLimit-Policy` / `RateLimit` structured fields (draft-ietf-httpapi-ratelimit-headers),
 //! one policy item per limit: `"burst"` (the token bucket: `q` = burst, `w` = seconds to
 //! refill from empty), `"daily"` and `"monthly"` (calendar quotas, `w` = the period's length).
+//! `[rate_limit] headers` chooses the families sent ([`Families`]).
+//!
+//! On the request path: what is fixed per tier (the limits, the tier name, the whole
+//! `RateLimit-Policy` value) is rendered once per tier and shared ([`TierHeaders`]); only the
+//! per-request numbers are formatted, without `format!`.
 
+use std::io::Write;
+use std::sync::OnceLock;
+
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 
+use super::decision::QuotaState;
 use super::Decision;
 
-fn secs(v: u64) -> String {
-    v.to_string()
+pub use crate::config::HeaderFamilies as Families;
+
+impl Families {
+    fn x(self) -> bool {
+        matches!(self, Families::Both | Families::XRatelimit)
+    }
+
+    fn ietf(self) -> bool {
+        matches!(self, Families::Both | Families::Ietf)
+    }
 }
 
-/// Adds every rate-limit header for `d` (tier named `tier`) to `resp`.
-pub fn apply(resp: &mut ResponseHeader, d: &Decision, tier: &str) -> pingora::Result<()> {
-    resp.insert_header("x-ratelimit-limit", secs(u64::from(d.burst)))?;
-    resp.insert_header("x-ratelimit-remaining", secs(d.remaining))?;
-    resp.insert_header("x-ratelimit-reset", secs(d.reset_secs))?;
-    resp.insert_header("x-ratelimit-tier", tier)?;
-    let mut policy = format!("\"burst\";q={};w={}", d.burst, d.burst_window_secs);
-    let mut state = format!("\"burst\";r={};t={}", d.remaining, d.reset_secs);
-    for (name, q, prefix) in [
-        ("daily", &d.daily, "x-ratelimit-daily"),
-        ("monthly", &d.monthly, "x-ratelimit-monthly"),
-    ] {
-        if let Some(q) = q {
-            resp.insert_header(format!("{prefix}-limit"), secs(q.limit))?;
-            resp.insert_header(format!("{prefix}-remaining"), secs(q.remaining))?;
-            resp.insert_header(format!("{prefix}-reset"), secs(q.reset_secs))?;
-            policy.push_str(&format!(", \"{name}\";q={};w={}", q.limit, q.window_secs));
-            state.push_str(&format!(
-                ", \"{name}\";r={};t={}",
-                q.remaining, q.reset_secs
-            ));
+/// The values of one tier that do not change from request to request, rendered once.
+pub struct TierHeaders {
+    key: Key,
+    limit: HeaderValue,
+    tier: HeaderValue,
+    policy: HeaderValue,
+    daily_limit: Option<HeaderValue>,
+    monthly_limit: Option<HeaderValue>,
+}
+
+/// What the fixed values were rendered from; a decision with other values (an adaptive
+/// limit's scaled burst, a new month's length) is rendered afresh.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    burst: u32,
+    burst_window_secs: u64,
+    daily: Option<(u64, u64)>,
+    monthly: Option<(u64, u64)>,
+}
+
+impl Key {
+    fn of(d: &Decision) -> Self {
+        let q = |q: &Option<QuotaState>| q.map(|q| (q.limit, q.window_secs));
+        Key {
+            burst: d.burst,
+            burst_window_secs: d.burst_window_secs,
+            daily: q(&d.daily),
+            monthly: q(&d.monthly),
         }
     }
-    resp.insert_header("ratelimit-policy", policy)?;
-    resp.insert_header("ratelimit", state)?;
+}
+
+impl TierHeaders {
+    fn render(key: Key, tier: &str) -> Self {
+        let mut policy = Vec::with_capacity(96);
+        let _ = write!(
+            policy,
+            "\"burst\";q={};w={}",
+            key.burst, key.burst_window_secs
+        );
+        for (name, q) in [("daily", key.daily), ("monthly", key.monthly)] {
+            if let Some((limit, window)) = q {
+                let _ = write!(policy, ", \"{name}\";q={limit};w={window}");
+            }
+        }
+        TierHeaders {
+            key,
+            limit: HeaderValue::from(key.burst),
+            tier: HeaderValue::from_str(tier).unwrap_or(HeaderValue::from_static("-")),
+            policy: HeaderValue::from_bytes(&policy).unwrap_or(HeaderValue::from_static("")),
+            daily_limit: key.daily.map(|(l, _)| HeaderValue::from(l)),
+            monthly_limit: key.monthly.map(|(l, _)| HeaderValue::from(l)),
+        }
+    }
+}
+
+/// A tier's [`TierHeaders`], rendered from its first decision.
+#[derive(Default)]
+pub struct TierCache(OnceLock<TierHeaders>);
+
+impl TierCache {
+    fn get(&self, d: &Decision, tier: &str) -> Option<&TierHeaders> {
+        let key = Key::of(d);
+        let cached = self.0.get_or_init(|| TierHeaders::render(key, tier));
+        (cached.key == key).then_some(cached)
+    }
+}
+
+/// The header names, in the order they are added.
+const X_LIMIT: &str = "x-ratelimit-limit";
+const X_REMAINING: &str = "x-ratelimit-remaining";
+const X_RESET: &str = "x-ratelimit-reset";
+const X_TIER: &str = "x-ratelimit-tier";
+const QUOTA_NAMES: [[&str; 3]; 2] = [
+    [
+        "x-ratelimit-daily-limit",
+        "x-ratelimit-daily-remaining",
+        "x-ratelimit-daily-reset",
+    ],
+    [
+        "x-ratelimit-monthly-limit",
+        "x-ratelimit-monthly-remaining",
+        "x-ratelimit-monthly-reset",
+    ],
+];
+
+/// Adds the rate-limit headers of `families` for `d` (tier named `tier`, its fixed values
+/// cached in `cache`) to `resp`.
+pub fn apply(
+    resp: &mut ResponseHeader,
+    d: &Decision,
+    tier: &str,
+    cache: &TierCache,
+    families: Families,
+) -> pingora::Result<()> {
+    if families == Families::None {
+        return Ok(());
+    }
+    let fresh;
+    let fixed = match cache.get(d, tier) {
+        Some(f) => f,
+        None => {
+            fresh = TierHeaders::render(Key::of(d), tier);
+            &fresh
+        }
+    };
+    let quotas = [
+        (&d.daily, &fixed.daily_limit),
+        (&d.monthly, &fixed.monthly_limit),
+    ];
+    if families.x() {
+        resp.insert_header(X_LIMIT, fixed.limit.clone())?;
+        resp.insert_header(X_REMAINING, HeaderValue::from(d.remaining))?;
+        resp.insert_header(X_RESET, HeaderValue::from(d.reset_secs))?;
+        resp.insert_header(X_TIER, fixed.tier.clone())?;
+        for (names, (q, limit)) in QUOTA_NAMES.iter().zip(quotas) {
+            if let (Some(q), Some(limit)) = (q, limit) {
+                resp.insert_header(names[0], limit.clone())?;
+                resp.insert_header(names[1], HeaderValue::from(q.remaining))?;
+                resp.insert_header(names[2], HeaderValue::from(q.reset_secs))?;
+            }
+        }
+    }
+    if families.ietf() {
+        resp.insert_header("ratelimit-policy", fixed.policy.clone())?;
+        let mut state = [0u8; 160];
+        let mut w = std::io::Cursor::new(&mut state[..]);
+        let _ = write!(w, "\"burst\";r={};t={}", d.remaining, d.reset_secs);
+        for (name, q) in [("daily", &d.daily), ("monthly", &d.monthly)] {
+            if let Some(q) = q {
+                let _ = write!(w, ", \"{name}\";r={};t={}", q.remaining, q.reset_secs);
+            }
+        }
+        let len = w.position() as usize;
+        if let Ok(v) = HeaderValue::from_bytes(&state[..len]) {
+            resp.insert_header("ratelimit", v)?;
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TierId;
+
+    fn decision(burst: u32) -> Decision {
+        Decision {
+            allowed: true,
+            tier: TierId::new(0),
+            burst,
+            burst_window_secs: 10,
+            remaining: 7,
+            reset_secs: 3,
+            retry_after: 0,
+            limited_by: None,
+            daily: Some(QuotaState {
+                limit: 1000,
+                remaining: 990,
+                reset_secs: 3600,
+                window_secs: 86_400,
+            }),
+            monthly: None,
+            store_unavailable: false,
+        }
+    }
+
+    fn headers(families: Families, d: &Decision, cache: &TierCache) -> Vec<(String, String)> {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        apply(&mut resp, d, "free", cache, families).unwrap();
+        let mut out: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn families_choose_what_is_sent() {
+        let cache = TierCache::default();
+        let d = decision(10);
+        let both = headers(Families::Both, &d, &cache);
+        let get = |h: &[(String, String)], k: &str| {
+            h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        };
+        assert_eq!(get(&both, "x-ratelimit-limit").as_deref(), Some("10"));
+        assert_eq!(get(&both, "x-ratelimit-remaining").as_deref(), Some("7"));
+        assert_eq!(
+            get(&both, "x-ratelimit-daily-limit").as_deref(),
+            Some("1000")
+        );
+        assert_eq!(get(&both, "x-ratelimit-tier").as_deref(), Some("free"));
+        assert_eq!(
+            get(&both, "ratelimit-policy").as_deref(),
+            Some("\"burst\";q=10;w=10, \"daily\";q=1000;w=86400")
+        );
+        assert_eq!(
+            get(&both, "ratelimit").as_deref(),
+            Some("\"burst\";r=7;t=3, \"daily\";r=990;t=3600")
+        );
+        assert_eq!(both.len(), 9);
+        let ietf = headers(Families::Ietf, &d, &cache);
+        assert_eq!(ietf.len(), 2);
+        let x = headers(Families::XRatelimit, &d, &cache);
+        assert_eq!(x.len(), 7);
+        assert!(headers(Families::None, &d, &cache).is_empty());
+    }
+
+    #[test]
+    fn a_scaled_burst_is_rendered_afresh() {
+        let cache = TierCache::default();
+        let _ = headers(Families::Both, &decision(10), &cache);
+        let scaled = headers(Families::Both, &decision(4), &cache);
+        assert!(scaled.contains(&("x-ratelimit-limit".into(), "4".into())));
+        assert!(scaled
+            .iter()
+            .any(|(k, v)| k == "ratelimit-policy" && v.starts_with("\"burst\";q=4;")));
+    }
 }

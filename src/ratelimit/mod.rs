@@ -50,6 +50,7 @@ pub type DecisionCounters = [IntCounter; 2];
 struct Tier {
     spec: TierSpec,
     limits: Limits,
+    headers: headers::TierCache,
 }
 
 /// Process-wide state that survives reloads: the local store, its key hasher and clock.
@@ -141,6 +142,7 @@ impl RateLimiter {
                     monthly: t.monthly_quota,
                 },
                 spec: t.clone(),
+                headers: headers::TierCache::default(),
             })
             .collect();
         let tier_by_name = settings
@@ -180,6 +182,22 @@ impl RateLimiter {
     /// The name of tier `tier`.
     pub fn tier_name(&self, tier: TierId) -> &str {
         &self.tiers[tier.index()].spec.name
+    }
+
+    /// Adds the configured rate-limit headers for decision `d` to `resp`.
+    pub fn apply_headers(
+        &self,
+        resp: &mut pingora::http::ResponseHeader,
+        d: &Decision,
+    ) -> pingora::Result<()> {
+        let tier = &self.tiers[d.tier.index()];
+        headers::apply(
+            resp,
+            d,
+            &tier.spec.name,
+            &tier.headers,
+            self.settings.headers,
+        )
     }
 
     /// The upgrade URL of tier `tier`.
