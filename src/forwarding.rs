@@ -86,16 +86,16 @@ pub fn set_upstream_headers(
         HeaderValue::from_bytes(ip)
     };
     if let Ok(v) = xff {
-        req.insert_header(XFF_STR, v)?;
+        req.insert_header_static(&XFF, XFF_STR, v);
     }
     if !(peer_trusted && req.headers.contains_key(&XFP)) {
         let proto = if tls { HTTPS } else { HTTP };
-        req.insert_header(XFP_STR, proto)?;
+        req.insert_header_static(&XFP, XFP_STR, proto);
     }
     if !(peer_trusted && req.headers.contains_key(&XFH)) {
         match host {
             Some(h) => {
-                req.insert_header(XFH_STR, h)?;
+                req.insert_header_static(&XFH, XFH_STR, h);
             }
             None => {
                 req.remove_header(&XFH);
@@ -126,6 +126,28 @@ impl Default for IpText {
 impl IpText {
     fn write(&mut self, ip: IpAddr) -> &[u8] {
         use std::io::Write;
+        if let IpAddr::V4(v4) = ip {
+            // The common case, without the formatting machinery.
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    self.0[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    self.0[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    self.0[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                self.0[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            self.1 = n;
+            return &self.0[..n];
+        }
         let mut cursor = std::io::Cursor::new(&mut self.0[..]);
         // 48 bytes always hold an address.
         let _ = write!(cursor, "{ip}");
@@ -158,6 +180,21 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_text() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "1.2.3.4",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let mut t = IpText::default();
+            assert_eq!(t.write(ip.parse().unwrap()), ip.as_bytes());
+        }
+    }
 
     fn headers(xff: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

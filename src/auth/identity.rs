@@ -26,7 +26,8 @@ pub struct Identity {
     pub key_id: Option<String>,
     /// `X-Consumer-Id`, `X-Consumer-Tier`, `X-Auth-Method`, `X-Auth-Roles`, `X-Auth-Scopes`,
     /// ready to send (values that cannot be header values are left out).
-    pub headers: Vec<(&'static str, HeaderValue)>,
+    /// Each as (index in [`super::IDENTITY_HEADERS`], value).
+    pub headers: Vec<(usize, HeaderValue)>,
 }
 
 impl Identity {
@@ -42,21 +43,22 @@ impl Identity {
         key_id: Option<String>,
     ) -> Arc<Self> {
         let mut headers = Vec::with_capacity(5);
-        let mut add = |name: &'static str, value: &str| {
+        let mut add = |name: usize, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.push((name, v));
             }
         };
-        add("x-consumer-id", &consumer);
+        // Indexes into IDENTITY_HEADERS.
+        add(0, &consumer);
         if let Some(t) = &tier {
-            add("x-consumer-tier", t);
+            add(1, t);
         }
-        add("x-auth-method", &method);
+        add(2, &method);
         if !roles.is_empty() {
-            add("x-auth-roles", &roles.join(","));
+            add(3, &roles.join(","));
         }
         if !scopes.is_empty() {
-            add("x-auth-scopes", &scopes.join(" "));
+            add(4, &scopes.join(" "));
         }
         Arc::new(Identity {
             consumer,

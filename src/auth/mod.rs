@@ -33,6 +33,16 @@ pub const IDENTITY_HEADERS: [http::HeaderName; 6] = [
     CLIENT_CERT_SUBJECT,
 ];
 
+/// How [`IDENTITY_HEADERS`] are spelled on the wire.
+pub const IDENTITY_HEADER_TEXT: [&str; 6] = [
+    "x-consumer-id",
+    "x-consumer-tier",
+    "x-auth-method",
+    "x-auth-roles",
+    "x-auth-scopes",
+    "x-client-cert-subject",
+];
+
 /// The subject of the client's TLS certificate (mTLS), sent upstream when there is one.
 pub const CLIENT_CERT_SUBJECT: http::HeaderName =
     http::HeaderName::from_static("x-client-cert-subject");

@@ -7,7 +7,7 @@
 use pingora::http::RequestHeader;
 
 use super::{Phases, Policy, RequestState};
-use crate::auth::IDENTITY_HEADERS;
+use crate::auth::{IDENTITY_HEADERS, IDENTITY_HEADER_TEXT};
 
 /// The identity-header step (present in every pipeline).
 pub struct IdentityHeaders;
@@ -28,13 +28,17 @@ impl Policy for IdentityHeaders {
             }
         }
         if let Some(id) = &state.identity {
-            for (name, value) in &id.headers {
-                req.insert_header(*name, value.clone())?;
+            for (i, value) in &id.headers {
+                req.insert_header_static(
+                    &IDENTITY_HEADERS[*i],
+                    IDENTITY_HEADER_TEXT[*i],
+                    value.clone(),
+                );
             }
         }
         if let Some(subject) = &state.client_cert_subject {
             if let Ok(v) = http::HeaderValue::from_str(subject) {
-                req.insert_header(crate::auth::CLIENT_CERT_SUBJECT, v)?;
+                req.insert_header_static(&IDENTITY_HEADERS[5], IDENTITY_HEADER_TEXT[5], v);
             }
         }
         Ok(())

@@ -37,7 +37,7 @@ use crate::refusal::Refusal;
 use crate::routing::{RequestView, RouteMatch};
 use crate::snapshot::SnapshotStore;
 use ctx::RequestCtx;
-use respond::REQUEST_ID;
+use respond::{REQUEST_ID, REQUEST_ID_NAME};
 
 /// The gateway: serves a listener service, reading the current snapshot per request.
 pub struct Gateway {
@@ -289,7 +289,11 @@ impl ProxyHttp for Gateway {
             request_host_value(session.req_header()),
             ctx.state.tls,
         )?;
-        upstream_request.insert_header(REQUEST_ID, ctx.state.request_id_value())?;
+        upstream_request.insert_header_static(
+            &REQUEST_ID_NAME,
+            REQUEST_ID,
+            ctx.state.request_id_value(),
+        );
         Ok(())
     }
 
@@ -314,7 +318,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(REQUEST_ID, ctx.state.request_id_value())?;
+        resp.insert_header_static(&REQUEST_ID_NAME, REQUEST_ID, ctx.state.request_id_value());
         if let Some(route) = ctx.state.route {
             let RequestCtx {
                 snapshot, state, ..

@@ -21,6 +21,8 @@ use crate::refusal::Refusal;
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The same, as a header name.
+pub const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID);
 
 /// The status for a failure, or 0 when the client is gone and nothing can be written.
 pub fn status_for(e: &Error) -> u16 {

@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 
 use super::decision::QuotaState;
@@ -97,23 +97,35 @@ impl TierCache {
     }
 }
 
-/// The header names, in the order they are added.
-const X_LIMIT: &str = "x-ratelimit-limit";
-const X_REMAINING: &str = "x-ratelimit-remaining";
-const X_RESET: &str = "x-ratelimit-reset";
-const X_TIER: &str = "x-ratelimit-tier";
-const QUOTA_NAMES: [[&str; 3]; 2] = [
+/// A header name built once, and its spelling on the wire.
+type Name = (HeaderName, &'static str);
+
+const fn name(text: &'static str) -> Name {
+    (HeaderName::from_static(text), text)
+}
+
+const X_LIMIT: Name = name("x-ratelimit-limit");
+const X_REMAINING: Name = name("x-ratelimit-remaining");
+const X_RESET: Name = name("x-ratelimit-reset");
+const X_TIER: Name = name("x-ratelimit-tier");
+const QUOTA_NAMES: [[Name; 3]; 2] = [
     [
-        "x-ratelimit-daily-limit",
-        "x-ratelimit-daily-remaining",
-        "x-ratelimit-daily-reset",
+        name("x-ratelimit-daily-limit"),
+        name("x-ratelimit-daily-remaining"),
+        name("x-ratelimit-daily-reset"),
     ],
     [
-        "x-ratelimit-monthly-limit",
-        "x-ratelimit-monthly-remaining",
-        "x-ratelimit-monthly-reset",
+        name("x-ratelimit-monthly-limit"),
+        name("x-ratelimit-monthly-remaining"),
+        name("x-ratelimit-monthly-reset"),
     ],
 ];
+const POLICY: Name = name("ratelimit-policy");
+const STATE: Name = name("ratelimit");
+
+fn set(resp: &mut ResponseHeader, (name, text): &Name, value: HeaderValue) {
+    resp.insert_header_static(name, text, value);
+}
 
 /// Adds the rate-limit headers of `families` for `d` (tier named `tier`, its fixed values
 /// cached in `cache`) to `resp`.
@@ -140,20 +152,20 @@ pub fn apply(
         (&d.monthly, &fixed.monthly_limit),
     ];
     if families.x() {
-        resp.insert_header(X_LIMIT, fixed.limit.clone())?;
-        resp.insert_header(X_REMAINING, HeaderValue::from(d.remaining))?;
-        resp.insert_header(X_RESET, HeaderValue::from(d.reset_secs))?;
-        resp.insert_header(X_TIER, fixed.tier.clone())?;
+        set(resp, &X_LIMIT, fixed.limit.clone());
+        set(resp, &X_REMAINING, HeaderValue::from(d.remaining));
+        set(resp, &X_RESET, HeaderValue::from(d.reset_secs));
+        set(resp, &X_TIER, fixed.tier.clone());
         for (names, (q, limit)) in QUOTA_NAMES.iter().zip(quotas) {
             if let (Some(q), Some(limit)) = (q, limit) {
-                resp.insert_header(names[0], limit.clone())?;
-                resp.insert_header(names[1], HeaderValue::from(q.remaining))?;
-                resp.insert_header(names[2], HeaderValue::from(q.reset_secs))?;
+                set(resp, &names[0], limit.clone());
+                set(resp, &names[1], HeaderValue::from(q.remaining));
+                set(resp, &names[2], HeaderValue::from(q.reset_secs));
             }
         }
     }
     if families.ietf() {
-        resp.insert_header("ratelimit-policy", fixed.policy.clone())?;
+        set(resp, &POLICY, fixed.policy.clone());
         let mut state = [0u8; 160];
         let mut w = std::io::Cursor::new(&mut state[..]);
         let _ = write!(w, "\"burst\";r={};t={}", d.remaining, d.reset_secs);
@@ -164,7 +176,7 @@ pub fn apply(
         }
         let len = w.position() as usize;
         if let Ok(v) = HeaderValue::from_bytes(&state[..len]) {
-            resp.insert_header("ratelimit", v)?;
+            set(resp, &STATE, v);
         }
     }
     Ok(())

@@ -20,6 +20,13 @@ use http::header;
 pub struct CaseHeaderName(Bytes);
 
 impl CaseHeaderName {
+    /// [gatehouse patch] A case-preserved name from static text (no copy).
+    pub fn from_static_str(name: &'static str) -> Self {
+        CaseHeaderName(Bytes::from_static(name.as_bytes()))
+    }
+}
+
+impl CaseHeaderName {
     pub fn new(name: String) -> Self {
         CaseHeaderName(name.into())
     }

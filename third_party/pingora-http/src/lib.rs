@@ -147,6 +147,25 @@ impl Deref for RequestHeader {
 }
 
 impl RequestHeader {
+
+    /// [gatehouse patch] Inserts `value` under `name`, a header name built once (e.g. with
+    /// `HeaderName::from_static`), written on the wire as `case`. Unlike
+    /// [`Self::insert_header`] the name is neither parsed nor copied: a proxy that adds the
+    /// same few headers to every message pays only for the two map insertions.
+    pub fn insert_header_static(
+        &mut self,
+        name: &HeaderName,
+        case: &'static str,
+        value: HeaderValue,
+    ) {
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map.insert(
+                name.clone(),
+                CaseHeaderName::from_static_str(case),
+            );
+        }
+        self.base.headers.insert(name.clone(), value);
+    }
     fn new_no_case(size_hint: Option<usize>) -> Self {
         let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
@@ -505,6 +524,25 @@ impl From<Box<ResponseHeader>> for Box<RespParts> {
 }
 
 impl ResponseHeader {
+
+    /// [gatehouse patch] Inserts `value` under `name`, a header name built once (e.g. with
+    /// `HeaderName::from_static`), written on the wire as `case`. Unlike
+    /// [`Self::insert_header`] the name is neither parsed nor copied: a proxy that adds the
+    /// same few headers to every message pays only for the two map insertions.
+    pub fn insert_header_static(
+        &mut self,
+        name: &HeaderName,
+        case: &'static str,
+        value: HeaderValue,
+    ) {
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map.insert(
+                name.clone(),
+                CaseHeaderName::from_static_str(case),
+            );
+        }
+        self.base.headers.insert(name.clone(), value);
+    }
     fn new(size_hint: Option<usize>) -> Self {
         let mut resp_header = Self::new_no_case(size_hint);
         resp_header.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
