@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Instructions per proxied request, counted by callgrind (deterministic: the same binary, config
-# and requests give the same count whatever else the machine does, unlike wall-clock figures on
-# these VMs). Runs each given gatehouse binary (default: target/release/gatehouse) under
-# callgrind with one worker thread against an nginx backend, warms up, zeroes the counters,
-# sends N keep-alive requests per case (routing only; API key + local rate limit; JWT HS256 +
-# local rate limit) and prints instructions per request. Loopback only, bounded by N.
-# Usage: scripts/instructions-per-request.sh [-n N] [BINARY...]
+# Instructions and heap allocations per proxied request, counted by callgrind (deterministic:
+# the same binary, config and requests give the same count whatever else the machine does,
+# unlike wall-clock figures on these VMs). Runs each given gatehouse binary (default:
+# target/release/gatehouse) under callgrind with one worker thread against an nginx backend,
+# warms up, zeroes the counters, sends N keep-alive requests per case (routing only; API key +
+# local rate limit; JWT HS256 + local rate limit) and prints instructions and allocations
+# (calls into mimalloc's and libc's allocation entry points, reallocations included) per
+# request. BARE=path/to/bare-pingora adds the bare Pingora reference proxy
+# (benches/bare_pingora, same allocator) as the first row. Loopback only, bounded by N.
+# Usage: [BARE=BIN] scripts/instructions-per-request.sh [-n N] [BINARY...]
 # CALLGRIND_KEEP=DIR keeps each profile for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,14 +75,76 @@ for _ in range(count):
 PY
 }
 
-printf '%-48s %-28s %s\n' binary case instructions/request
+# Allocation calls in a callgrind profile: calls into the allocators' entry points from
+# outside the allocator (mimalloc's aligned entry points are what Rust's GlobalAlloc uses).
+count_allocations() {
+  python3 - "$@" <<'PY'
+import re, sys
+ENTRY = {"mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned", "mi_malloc", "mi_zalloc",
+         "mi_calloc", "mi_realloc", "malloc", "calloc", "realloc"}
+names, total, caller, target = {}, 0, "", None
+ref = re.compile(r"^(c?fn)=\((\d+)\)(?: (.*))?$")
+for path in sys.argv[1:]:
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = ref.match(line)
+            if m:
+                kind, i, name = m.groups()
+                if name:
+                    names[i] = name.strip()
+                if kind == "fn":
+                    caller = names.get(i, "")
+                else:
+                    target = names.get(i, "")
+            elif line.startswith("calls=") and target is not None:
+                if target in ENTRY and not caller.startswith("mi_"):
+                    total += int(line.split()[0][6:])
+                target = None
+print(total)
+PY
+}
+
+# Runs one callgrind measurement of the proxy started by "$@" listening on $port: warm up,
+# zero the counters, N requests to $path with $header, dump; prints the row.
+measure() { # label, then the command
+  local label=$1; shift
+  local out="$work/callgrind.out"
+  rm -f "$out"*
+  BENCH_SECRET="$secret" RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$@" >"$work/proxy.log" 2>&1 &
+  local vg=$!
+  for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port$path" && break; sleep 0.2; done
+  send "$port" "$path" 200 "$header"
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  send "$port" "$path" "$n" "$header"
+  callgrind_control -d "$vg" >/dev/null 2>&1
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+  # The dump after zeroing holds only the N requests; sum every dump part's totals.
+  local total allocations
+  total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s + 0}')
+  allocations=$(count_allocations "$out".*)
+  # CALLGRIND_KEEP=DIR keeps the profiles (for callgrind_annotate), one per binary and case.
+  if [ -n "${CALLGRIND_KEEP:-}" ]; then
+    mkdir -p "$CALLGRIND_KEEP"
+    for f in "$out".*; do cp "$f" "$CALLGRIND_KEEP/$(basename "$bin")-${path#/}-${f##*.}"; done
+  fi
+  printf '%-40s %-28s %12s %10s\n' "$bin" "$label" "$((total / n))" \
+    "$(python3 -c "print(f'{$allocations / $n:.1f}')")"
+}
+
+printf '%-40s %-28s %12s %10s\n' binary case instr/request allocs/req
+if [ -n "${BARE:-}" ]; then
+  bin=$BARE path=/ header='' port=$(free_port)
+  export BARE_BACKEND="127.0.0.1:$backend_port" BARE_LISTEN="127.0.0.1:$port"
+  measure "routing only" "$BARE" -c benches/bare_pingora/pingora.yaml
+fi
 for bin in "${binaries[@]}"; do
   for case in "routing only|/plain|" "API key + local rate limit|/apikey|X-API-Key: $key" "JWT HS256 + local rate limit|/jwt|Authorization: Bearer $jwt"; do
     IFS='|' read -r label path header <<<"$case"
-    gw_port=$(free_port)
+    port=$(free_port)
     cat > "$work/gatehouse.toml" <<TOML
 [server]
-listen = ["127.0.0.1:$gw_port"]
+listen = ["127.0.0.1:$port"]
 threads = 1
 pid_file = "$work/gatehouse.pid"
 upgrade_sock = "$work/upgrade.sock"
@@ -113,24 +178,6 @@ upstream = "b"
 auth = ["jwt:j"]
 rate_limit = { key = "consumer", default_tier = "big" }
 TOML
-    out="$work/callgrind.out"
-    rm -f "$out"*
-    BENCH_SECRET="$secret" RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
-      "$bin" -c "$work/gatehouse.toml" >"$work/gw.log" 2>&1 &
-    vg=$!
-    for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$gw_port/plain" && break; sleep 0.2; done
-    send "$gw_port" "$path" 200 "$header"
-    callgrind_control -z "$vg" >/dev/null 2>&1
-    send "$gw_port" "$path" "$n" "$header"
-    callgrind_control -d "$vg" >/dev/null 2>&1
-    kill "$vg"; wait "$vg" 2>/dev/null || true
-    # The dump after zeroing holds only the N requests; sum every dump part's totals.
-    total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s + 0}')
-    # CALLGRIND_KEEP=DIR keeps the profiles (for callgrind_annotate), one per binary and case.
-    if [ -n "${CALLGRIND_KEEP:-}" ]; then
-      mkdir -p "$CALLGRIND_KEEP"
-      for f in "$out".*; do cp "$f" "$CALLGRIND_KEEP/$(basename "$bin")-${path#/}-${f##*.}"; done
-    fi
-    printf '%-48s %-28s %s\n' "$bin" "$label" "$((total / n))"
+    measure "$label" "$bin" -c "$work/gatehouse.toml"
   done
 done
