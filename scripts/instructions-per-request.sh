@@ -9,7 +9,8 @@
 # request. BARE=path/to/bare-pingora adds the bare Pingora reference proxy
 # (benches/bare_pingora, same allocator) as the first row. Loopback only, bounded by N.
 # Usage: [BARE=BIN] scripts/instructions-per-request.sh [-n N] [BINARY...]
-# CALLGRIND_KEEP=DIR keeps each profile for callgrind_annotate.
+# CALLGRIND_KEEP=DIR keeps each profile for callgrind_annotate; CALLGRIND_OPTS adds valgrind
+# options (for example --separate-callers=8 to see who allocates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=2000
@@ -110,7 +111,7 @@ measure() { # label, then the command
   local label=$1; shift
   local out="$work/callgrind.out"
   rm -f "$out"*
-  BENCH_SECRET="$secret" RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
+  BENCH_SECRET="$secret" RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" ${CALLGRIND_OPTS:-} \
     "$@" >"$work/proxy.log" 2>&1 &
   local vg=$!
   for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port$path" && break; sleep 0.2; done

@@ -433,6 +433,42 @@ backends = [{{ addr = "{a}" }}]
     assert!(head.contains("grpc-status: 12"), "{head}");
 }
 
+/// The bridge module is installed only when a route of the starting configuration uses it (it
+/// costs every request a few allocations); a reload that enables gRPC-Web says it needs an
+/// upgrade, and until then its requests get a gRPC-shaped UNIMPLEMENTED naming why.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_web_enabled_by_a_reload_waits_for_an_upgrade() {
+    let grpc = PyServer::start("grpc_peer.py", &["server", "--name", "w"]);
+    let body = format!(
+        "\n[upstreams.g]\nprotocol = \"h2c\"\nbackends = [{{ addr = \"{a}\" }}]\n{web}",
+        a = grpc.addr(),
+        web = route("web", "test.Echo", "g", ""),
+    );
+    let gw = Gatehouse::builder()
+        .admin(Some(common::ADMIN_TOKEN))
+        .start(&body);
+    let (head, _) = grpc_web(&gw, "/test.Echo/Unary", "application/grpc-web+proto");
+    assert!(head.contains("grpc-status: 12"), "{head}");
+
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    gw.write_raw_config(&text.replace("grpc = true\n", "grpc = true\ngrpc_web = true\n"));
+    let r = common::json(common::admin_post(&gw, "/admin/reload").await).await;
+    assert_eq!(r["result"], "applied", "{r}");
+    let needs = r["needs_upgrade"].as_array().unwrap();
+    assert!(
+        needs
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("routes.grpc_web")),
+        "{r}"
+    );
+    let (head, _) = grpc_web(&gw, "/test.Echo/Unary", "application/grpc-web+proto");
+    assert!(head.contains("grpc-status: 12"), "{head}");
+    assert!(
+        head.contains("grpc-message: grpc-web was enabled by a reload"),
+        "{head}"
+    );
+}
+
 #[test]
 fn grpc_over_tls_to_the_gateway_negotiates_h2() {
     let grpc = PyServer::start("grpc_peer.py", &["server", "--name", "t"]);

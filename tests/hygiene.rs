@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::raw::{closed_within, connect, exchange, read_response};
@@ -244,8 +244,8 @@ async fn a_silent_connection_is_closed_at_the_deadline_and_counted() {
     assert_eq!(timeouts, Some(1.0));
 }
 
-#[test]
-fn idle_keepalive_connections_follow_keepalive_timeout_not_the_head_deadline() {
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keepalive_connections_follow_keepalive_timeout_not_the_head_deadline() {
     let (gw, _b) = start("request_head_timeout = \"1s\"\nkeepalive_timeout = \"3s\"\n");
     let mut s = connect(gw.addr);
     s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -257,8 +257,15 @@ fn idle_keepalive_connections_follow_keepalive_timeout_not_the_head_deadline() {
         .unwrap();
     let second = read_response(&mut s).expect("the connection was still open");
     assert_eq!(second.json()["path"], "/two");
-    // Then idle past the keep-alive timeout: the server closes it.
-    assert!(closed_within(&mut s, Duration::from_secs(8)));
+    // Then idle: still open before the keep-alive timeout, closed quietly (no bytes, no
+    // head-timeout count) after it.
+    assert!(!closed_within(&mut s, Duration::from_millis(2000)));
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    s.read_to_end(&mut rest).expect("closed within 8 s");
+    assert!(rest.is_empty(), "nothing is written at an idle close");
+    let timeouts = metric(&gw, "gatehouse_edge_head_timeouts_total").await;
+    assert_eq!(timeouts, Some(0.0));
 }
 
 #[test]

@@ -120,6 +120,9 @@ pub struct RequestState {
     pub client_cert_subject: Option<Arc<str>>,
     /// Whether (and how) the request is gRPC: the gateway's own answers are then gRPC-shaped.
     pub grpc: crate::grpc::Kind,
+    /// A gRPC-Web request that cannot be bridged: the bridge module is installed at start
+    /// only when a route has `grpc_web = true` (it costs every request four allocations).
+    pub grpc_web_unbridged: bool,
     /// The backend a valid sticky-session cookie names, by index in the upstream's cluster.
     pub sticky_backend: Option<usize>,
     /// The backend a sticky upstream chose without (or against) the cookie: the response sets

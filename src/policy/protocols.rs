@@ -47,6 +47,11 @@ impl ProtocolGate {
                     "gRPC-Web is not enabled on this route",
                 ))
             }
+            Kind::Web if state.grpc_web_unbridged => {
+                return Err(Refusal::GrpcWebUnsupported(
+                    "gRPC-Web was enabled by a reload: it takes effect after an upgrade",
+                ))
+            }
             Kind::Web | Kind::Native if self.upstream_http1 => return Err(Refusal::GrpcNeedsHttp2),
             Kind::Web | Kind::Native => {}
         }

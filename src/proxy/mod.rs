@@ -45,6 +45,9 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     access_log: AccessLog,
     tls_conns: Arc<crate::tls::Connections>,
+    /// Whether the gRPC-Web bridge module is installed: only when a route of the starting
+    /// configuration uses it (a reload that enables it reports that it needs an upgrade).
+    grpc_web_bridge: bool,
 }
 
 impl Gateway {
@@ -55,11 +58,13 @@ impl Gateway {
         access_log: AccessLog,
         tls_conns: Arc<crate::tls::Connections>,
     ) -> Self {
+        let grpc_web_bridge = store.load().config().routes.iter().any(|r| r.grpc_web);
         Gateway {
             store,
             metrics,
             access_log,
             tls_conns,
+            grpc_web_bridge,
         }
     }
 }
@@ -138,10 +143,13 @@ impl ProxyHttp for Gateway {
 
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         // Pingora's default (a disabled compression module), plus the gRPC-Web bridge, which
-        // stays off unless a request turns it on.
+        // stays off unless a request turns it on; each module costs every request a boxed
+        // context and its calls, so the bridge is there only if a route can use it.
         modules
             .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
-        modules.add_module(Box::new(pingora::modules::http::grpc_web::GrpcWeb));
+        if self.grpc_web_bridge {
+            modules.add_module(Box::new(pingora::modules::http::grpc_web::GrpcWeb));
+        }
     }
 
     async fn early_request_filter(
@@ -164,11 +172,12 @@ impl ProxyHttp for Gateway {
         ctx.state.grpc = kind;
         if kind == crate::grpc::Kind::Web {
             // Bridged only if the route allows it: the protocol gate refuses it otherwise.
-            if let Some(bridge) = session
+            match session
                 .downstream_modules_ctx
                 .get_mut::<pingora::modules::http::grpc_web::GrpcWebBridge>()
             {
-                bridge.init();
+                Some(bridge) => bridge.init(),
+                None => ctx.state.grpc_web_unbridged = true,
             }
         }
         Ok(())

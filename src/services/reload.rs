@@ -107,6 +107,10 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.graceful_shutdown_timeout != b.graceful_shutdown_timeout {
         changed.push("server.graceful_shutdown_timeout");
     }
+    let grpc_web = |c: &Config| c.routes.iter().any(|r| r.grpc_web);
+    if !grpc_web(old) && grpc_web(new) {
+        changed.push("routes.grpc_web (the gRPC-Web bridge is installed at start)");
+    }
     if a.http2 != b.http2 {
         changed.push("server.http2");
     }
