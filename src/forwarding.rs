@@ -51,6 +51,52 @@ impl TrustedProxies {
     }
 }
 
+/// The `X-Forwarded-For` value for a peer that sent none: the address alone. A keep-alive
+/// connection's requests all come from one peer, so each worker thread keeps the last value
+/// built (its bytes shared, so a copy costs a reference count rather than an allocation).
+fn peer_value(peer: IpAddr, text: &[u8]) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((ip, value)) if *ip == peer => value.clone(),
+        _ => {
+            let value = shared_value(text);
+            *last = Some((peer, value.clone()));
+            value
+        }
+    })
+}
+
+/// A header value whose bytes are reference-counted from the start: its clones allocate
+/// nothing (a value built from a `Vec` allocates again on its first clone).
+pub fn shared_value(text: &[u8]) -> HeaderValue {
+    #[derive(Clone, Copy)]
+    struct Text {
+        buf: [u8; 48],
+        len: u8,
+    }
+    impl AsRef<[u8]> for Text {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf[..usize::from(self.len)]
+        }
+    }
+    let mut t = Text {
+        buf: [0; 48],
+        len: 0,
+    };
+    match t.buf.get_mut(..text.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(text);
+            t.len = text.len() as u8;
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(t))
+                .unwrap_or(HeaderValue::from_static("-"))
+        }
+        None => HeaderValue::from_bytes(text).unwrap_or(HeaderValue::from_static("-")),
+    }
+}
+
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` on the upstream request. From a trusted proxy
 /// the peer is appended to the existing chain and the proxy's `-Proto`/`-Host` are kept; from
 /// anyone else all three are replaced. `host` is the request's `Host` (or authority) value.
@@ -83,7 +129,7 @@ pub fn set_upstream_headers(
         chain.extend_from_slice(ip);
         HeaderValue::from_bytes(&chain)
     } else {
-        HeaderValue::from_bytes(ip)
+        Ok(peer_value(peer, ip))
     };
     if let Ok(v) = xff {
         req.insert_header_static(&XFF, XFF_STR, v);

@@ -194,7 +194,10 @@ impl ProxyHttp for Gateway {
         state.request_id_header = match client_id {
             // Kept as sent: share its bytes.
             Some(v) if v.as_bytes() == state.request_id.as_str().as_bytes() => Some(v.clone()),
-            _ => HeaderValue::from_str(state.request_id.as_str()).ok(),
+            // Shared bytes: the copies up and down cost no allocation.
+            _ => Some(crate::forwarding::shared_value(
+                state.request_id.as_str().as_bytes(),
+            )),
         };
         if let Some(peer) = session
             .client_addr()

@@ -1,0 +1,192 @@
+//! Heap allocations per proxied request, whole request path: the real gateway
+//! (`gatehouse::server::run`, Pingora and all) runs in this test process under a counting
+//! global allocator, a plain-`std` backend answers on loopback, and a plain-`std` client sends
+//! keep-alive requests; neither allocates per request, so the count is the gateway's.
+//!
+//! The figures are deterministic (same code, same requests), unlike timings on these VMs, so
+//! a regression shows here without a benchmark run. Budgets are the measured counts plus a
+//! small margin; the bare Pingora reference proxy makes 75 per request
+//! (`BARE=… scripts/instructions-per-request.sh`, same requests), and the README has the
+//! history. One test function: the gateway runs until the process exits.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 22\r\nContent-Type: text/plain\r\n\r\nhello from the backend";
+
+/// A keep-alive backend that answers every request head with [`RESPONSE`], allocation-free.
+fn backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut filled = 0;
+                loop {
+                    match conn.read(&mut buf[filled..]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => filled += n,
+                    }
+                    while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                        if conn.write_all(RESPONSE).is_err() {
+                            return;
+                        }
+                        buf.copy_within(end + 4..filled, 0);
+                        filled -= end + 4;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends `request` `n` times on one keep-alive connection; every answer must be a 200.
+fn send(port: u16, request: &[u8], n: usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in 0..n {
+        s.write_all(request).unwrap();
+        let mut filled = 0;
+        loop {
+            let got = s.read(&mut buf[filled..]).unwrap();
+            assert!(got > 0, "connection closed");
+            filled += got;
+            // Every response from this backend ends with its fixed body.
+            if buf[..filled].ends_with(b"hello from the backend") {
+                break;
+            }
+        }
+        assert!(
+            buf.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..filled])
+        );
+    }
+}
+
+fn allocations_per_request(port: u16, request: &[u8]) -> f64 {
+    const N: usize = 2000;
+    send(port, request, 200);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    send(port, request, N);
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    (after - before) as f64 / N as f64
+}
+
+#[test]
+fn allocations_per_request_stay_within_budget() {
+    let backend_port = backend();
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let secret = "allocation-test-hmac-secret-of-32-bytes";
+    let config = format!(
+        r#"[server]
+listen = ["127.0.0.1:{port}"]
+threads = 1
+pid_file = "{d}/gatehouse.pid"
+upgrade_sock = "{d}/upgrade.sock"
+[access_log]
+enabled = false
+[auth.jwt.j]
+algorithms = ["HS256"]
+secret_env = "ALLOCATION_TEST_SECRET"
+tier_claim = "tier"
+[rate_limit.tiers.big]
+rps = 10000000
+burst = 100000000
+[upstreams.b]
+backends = [{{ addr = "127.0.0.1:{backend_port}" }}]
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "b"
+[[routes]]
+name = "jwt"
+path_prefix = "/jwt"
+upstream = "b"
+auth = ["jwt:j"]
+rate_limit = {{ key = "consumer", default_tier = "big" }}
+"#,
+        d = dir.path().display()
+    );
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, config).unwrap();
+    // SAFETY of the environment: set before any other thread of this process reads it.
+    unsafe { std::env::set_var("ALLOCATION_TEST_SECRET", secret) };
+    let cli = gatehouse::cli::Cli::parse_from(["gatehouse", "-c", path.to_str().unwrap()]);
+    let loaded = gatehouse::config::load(&cli.config).expect("valid configuration");
+    std::thread::spawn(move || gatehouse::server::run(loaded, &cli));
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let token = common::jwt::sign_hmac(
+        secret.as_bytes(),
+        &serde_json::json!({"sub": "bench", "tier": "big", "exp": 4_000_000_000u64}),
+    );
+    let plain =
+        b"GET /plain HTTP/1.1\r\nHost: gw\r\nUser-Agent: allocations\r\nAccept: */*\r\n\r\n";
+    let jwt = format!(
+        "GET /jwt HTTP/1.1\r\nHost: gw\r\nUser-Agent: allocations\r\nAccept: */*\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    let routing = allocations_per_request(port, plain);
+    let jwt_rl = allocations_per_request(port, jwt.as_bytes());
+    println!(
+        "allocations per request: routing only {routing:.1}, JWT HS256 + rate limit {jwt_rl:.1}"
+    );
+    // Budgets: measured 2026-12-01 plus 3 (timer buckets and pooled buffers make ±1).
+    assert!(
+        routing <= ROUTING_BUDGET,
+        "routing only: {routing:.1} allocations per request"
+    );
+    assert!(
+        jwt_rl <= JWT_RL_BUDGET,
+        "JWT + rate limit: {jwt_rl:.1} allocations per request"
+    );
+}
+
+const ROUTING_BUDGET: f64 = 89.0;
+const JWT_RL_BUDGET: f64 = 96.0;
