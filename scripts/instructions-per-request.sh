@@ -4,7 +4,8 @@
 # unlike wall-clock figures on these VMs). Runs each given gatehouse binary (default:
 # target/release/gatehouse) under callgrind with one worker thread against an nginx backend,
 # warms up, zeroes the counters, sends N keep-alive requests per case (routing only; API key +
-# local rate limit; JWT HS256 + local rate limit) and prints instructions and allocations
+# local rate limit; JWT HS256 + local rate limit; the same with the JSON access log written to
+# a file, its writer thread included) and prints instructions and allocations
 # (calls into mimalloc's and libc's allocation entry points, reallocations included) per
 # request. BARE=path/to/bare-pingora adds the bare Pingora reference proxy
 # (benches/bare_pingora, same allocator) as the first row. Loopback only, bounded by N.
@@ -118,6 +119,8 @@ measure() { # label, then the command
   send "$port" "$path" 200 "$header"
   callgrind_control -z "$vg" >/dev/null 2>&1
   send "$port" "$path" "$n" "$header"
+  # The access-log writer drains its queue every 50 ms: let it write the last lines.
+  [ "${log:-off}" = on ] && sleep 0.3
   callgrind_control -d "$vg" >/dev/null 2>&1
   kill "$vg"; wait "$vg" 2>/dev/null || true
   # The dump after zeroing holds only the N requests; sum every dump part's totals.
@@ -127,7 +130,7 @@ measure() { # label, then the command
   # CALLGRIND_KEEP=DIR keeps the profiles (for callgrind_annotate), one per binary and case.
   if [ -n "${CALLGRIND_KEEP:-}" ]; then
     mkdir -p "$CALLGRIND_KEEP"
-    for f in "$out".*; do cp "$f" "$CALLGRIND_KEEP/$(basename "$bin")-${path#/}-${f##*.}"; done
+    for f in "$out".*; do cp "$f" "$CALLGRIND_KEEP/$(basename "$bin")-${path#/}${log:+-log$log}-${f##*.}"; done
   fi
   printf '%-40s %-28s %12s %10s\n' "$bin" "$label" "$((total / n))" \
     "$(python3 -c "print(f'{$allocations / $n:.1f}')")"
@@ -140,8 +143,15 @@ if [ -n "${BARE:-}" ]; then
   measure "routing only" "$BARE" -c benches/bare_pingora/pingora.yaml
 fi
 for bin in "${binaries[@]}"; do
-  for case in "routing only|/plain|" "API key + local rate limit|/apikey|X-API-Key: $key" "JWT HS256 + local rate limit|/jwt|Authorization: Bearer $jwt"; do
-    IFS='|' read -r label path header <<<"$case"
+  for case in "routing only|/plain||off" "API key + local rate limit|/apikey|X-API-Key: $key|off" \
+    "JWT HS256 + local rate limit|/jwt|Authorization: Bearer $jwt|off" \
+    "JWT + rate limit + access log|/jwt|Authorization: Bearer $jwt|on"; do
+    IFS='|' read -r label path header log <<<"$case"
+    if [ "$log" = on ]; then
+      access_log="path = \"$work/access.log\""
+    else
+      access_log="enabled = false"
+    fi
     port=$(free_port)
     cat > "$work/gatehouse.toml" <<TOML
 [server]
@@ -150,7 +160,7 @@ threads = 1
 pid_file = "$work/gatehouse.pid"
 upgrade_sock = "$work/upgrade.sock"
 [access_log]
-enabled = false
+$access_log
 [auth.api_keys.k]
 keys_file = "$work/keys.toml"
 [auth.jwt.j]

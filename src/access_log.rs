@@ -3,7 +3,6 @@
 //! the writer service ([`crate::services::access_log`]). When the writer falls behind, lines
 //! are dropped and counted rather than slowing requests down.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -20,12 +19,12 @@ const BUFFER_LINES: usize = 16 * 1024;
 /// address and request line fields.
 #[derive(Serialize)]
 pub struct Entry<'a> {
-    /// RFC 3339 UTC with milliseconds.
-    pub time: String,
+    /// RFC 3339 UTC with milliseconds (see [`Clock`]).
+    pub time: &'a str,
     /// The request id.
     pub request_id: &'a str,
     /// Client IP after trusted-proxy resolution.
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: Option<&'a str>,
     /// Request method.
     pub method: &'a str,
     /// Host header or authority.
@@ -37,7 +36,7 @@ pub struct Entry<'a> {
     /// Upstream name.
     pub upstream: Option<&'a str>,
     /// Backend address of the last attempt.
-    pub backend: Option<String>,
+    pub backend: Option<&'a str>,
     /// Status sent to the client (0 if none).
     pub status: u16,
     /// Total time in milliseconds.
@@ -116,8 +115,13 @@ impl AccessLog {
     /// Queues one record; never waits.
     pub fn log(&self, entry: &Entry<'_>) {
         let Some(tx) = &self.tx else { return };
-        match serde_json::to_string(entry) {
-            Ok(line) => {
+        // One allocation, sized for a typical line (serialising into a growing `String`
+        // reallocated it several times).
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        match serde_json::to_writer(&mut line, entry) {
+            Ok(()) => {
+                // serde_json writes UTF-8 only.
+                let line = String::from_utf8(line).unwrap_or_default();
                 if tx.try_send(line).is_err() {
                     self.dropped.inc();
                 }
@@ -127,7 +131,102 @@ impl AccessLog {
     }
 }
 
-/// The current time in the log's format.
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+/// Room for a typical line: one allocation per line.
+const LINE_CAPACITY: usize = 512;
+
+/// The current time in the log's format (RFC 3339, UTC, milliseconds), written into a
+/// per-thread buffer: the date and time are formatted once per second, the milliseconds
+/// per line.
+pub struct Clock {
+    second: u64,
+    text: [u8; 24],
+}
+
+impl Clock {
+    /// The current time as text, valid until the next call on this thread.
+    pub fn with_now<R>(f: impl FnOnce(&str) -> R) -> R {
+        thread_local! {
+            static CLOCK: std::cell::RefCell<Clock> =
+                const { std::cell::RefCell::new(Clock { second: u64::MAX, text: [0; 24] }) };
+        }
+        let now = SystemTime::now();
+        CLOCK.with_borrow_mut(|c| f(c.render(now)))
+    }
+
+    fn render(&mut self, now: SystemTime) -> &str {
+        let since = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let second = since.as_secs();
+        if second != self.second {
+            // "2026-12-01T22:10:33.123Z": humantime writes the whole stamp; keep the seconds.
+            let full = humantime::format_rfc3339_millis(now).to_string();
+            if full.len() != self.text.len() {
+                // Outside years 0000-9999: not cached.
+                self.second = u64::MAX;
+                let n = full.len().min(self.text.len());
+                self.text[..n].copy_from_slice(&full.as_bytes()[..n]);
+                return std::str::from_utf8(&self.text[..n]).unwrap_or("");
+            }
+            self.text.copy_from_slice(full.as_bytes());
+            self.second = second;
+        }
+        let ms = since.subsec_millis();
+        // Always ASCII digits: ".mmmZ" at the end.
+        self.text[20] = b'0' + (ms / 100) as u8;
+        self.text[21] = b'0' + (ms / 10 % 10) as u8;
+        self.text[22] = b'0' + (ms % 10) as u8;
+        std::str::from_utf8(&self.text).unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_clock_writes_what_humantime_writes() {
+        let mut clock = Clock {
+            second: u64::MAX,
+            text: [0; 24],
+        };
+        let start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_163_033_007);
+        // Within one second (cached date), across seconds, minutes and a day.
+        for offset_ms in [0, 1, 99, 993, 1_000, 59_999, 60_000, 86_400_123, 86_400_124] {
+            let t = start + Duration::from_millis(offset_ms);
+            let want = humantime::format_rfc3339_millis(t).to_string();
+            assert_eq!(clock.render(t), want);
+        }
+    }
+
+    #[test]
+    fn entries_serialise_as_one_json_object() {
+        let entry = Entry {
+            time: "2026-12-01T22:10:33.123Z",
+            request_id: "id-1",
+            client_ip: Some("192.0.2.1"),
+            method: "GET",
+            host: Some("api.example.com"),
+            path: "/a\"b",
+            route: Some("r"),
+            upstream: Some("u"),
+            backend: Some("127.0.0.1:9001"),
+            status: 200,
+            duration_ms: 1.5,
+            upstream_ms: None,
+            bytes_sent: 10,
+            consumer: None,
+            auth_method: None,
+            tier: None,
+            rate_limited: None,
+            grpc_status: None,
+        };
+        let line = serde_json::to_string(&entry).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], "/a\"b");
+        assert_eq!(v["client_ip"], "192.0.2.1");
+        assert_eq!(v["backend"], "127.0.0.1:9001");
+        assert_eq!(v["time"], "2026-12-01T22:10:33.123Z");
+    }
 }

@@ -161,7 +161,7 @@ const HTTP: HeaderValue = HeaderValue::from_static("http");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// An IP address as text, in a stack buffer (an IPv6 address is at most 45 bytes).
-struct IpText([u8; 48], usize);
+pub struct IpText([u8; 48], usize);
 
 impl Default for IpText {
     fn default() -> Self {
@@ -170,7 +170,8 @@ impl Default for IpText {
 }
 
 impl IpText {
-    fn write(&mut self, ip: IpAddr) -> &[u8] {
+    /// Writes `ip` (IPv4 without the formatting machinery) and returns the text.
+    pub fn write(&mut self, ip: IpAddr) -> &[u8] {
         use std::io::Write;
         if let IpAddr::V4(v4) = ip {
             // The common case, without the formatting machinery.
@@ -226,6 +227,29 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_peer_value_follows_the_peer() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::7".parse().unwrap();
+        for (ip, text) in [
+            (a, "192.0.2.1"),
+            (a, "192.0.2.1"),
+            (b, "2001:db8::7"),
+            (a, "192.0.2.1"),
+        ] {
+            assert_eq!(peer_value(ip, text.as_bytes()).as_bytes(), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn shared_values_keep_any_length() {
+        let long = "x".repeat(100);
+        assert_eq!(shared_value(long.as_bytes()).as_bytes(), long.as_bytes());
+        assert_eq!(shared_value(b"abc").as_bytes(), b"abc");
+        let v = shared_value(b"id-1");
+        assert_eq!(v.clone(), v);
+    }
 
     #[test]
     fn addresses_are_written_as_text() {

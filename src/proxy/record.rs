@@ -38,28 +38,34 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
         let config = snapshot.config();
         let backend = upstream
             .zip(ctx.backend)
-            .map(|(u, b)| snapshot.clusters()[u.index()].members()[b].addr.to_string());
-        access_log.log(&access_log::Entry {
-            time: access_log::now(),
-            request_id: state.request_id.as_str(),
-            client_ip: state.client_ip,
-            method: req.method.as_str(),
-            host: request_host(req),
-            path,
-            route: state.route.map(|r| config.route(r).name.as_str()),
-            upstream: upstream.map(|u| config.upstream(u).name.as_str()),
-            backend,
-            status,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_ms: ctx.upstream_elapsed.map(|t| t.as_secs_f64() * 1000.0),
-            bytes_sent: session.body_bytes_sent(),
-            consumer: state.identity.as_ref().map(|i| i.consumer.as_str()),
-            tier: state
-                .ratelimit
-                .map(|d| snapshot.ratelimit().tier_name(d.tier)),
-            rate_limited: state.ratelimit.map(|d| !d.allowed),
-            auth_method: state.identity.as_ref().map(|i| i.method.as_str()),
-            grpc_status: ctx.grpc_answer.map(|(_, code)| code.as_str()),
+            .map(|(u, b)| &*snapshot.clusters()[u.index()].members()[b].addr_text);
+        let mut ip_text = crate::forwarding::IpText::default();
+        let client_ip = state
+            .client_ip
+            .map(|ip| std::str::from_utf8(ip_text.write(ip)).unwrap_or(""));
+        access_log::Clock::with_now(|time| {
+            access_log.log(&access_log::Entry {
+                time,
+                request_id: state.request_id.as_str(),
+                client_ip,
+                method: req.method.as_str(),
+                host: request_host(req),
+                path,
+                route: state.route.map(|r| config.route(r).name.as_str()),
+                upstream: upstream.map(|u| config.upstream(u).name.as_str()),
+                backend,
+                status,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_ms: ctx.upstream_elapsed.map(|t| t.as_secs_f64() * 1000.0),
+                bytes_sent: session.body_bytes_sent(),
+                consumer: state.identity.as_ref().map(|i| i.consumer.as_str()),
+                tier: state
+                    .ratelimit
+                    .map(|d| snapshot.ratelimit().tier_name(d.tier)),
+                rate_limited: state.ratelimit.map(|d| !d.allowed),
+                auth_method: state.identity.as_ref().map(|i| i.method.as_str()),
+                grpc_status: ctx.grpc_answer.map(|(_, code)| code.as_str()),
+            })
         });
     }
 }

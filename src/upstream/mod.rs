@@ -32,6 +32,8 @@ pub type BreakerCounters = [IntCounter; 3];
 pub struct Member {
     /// Backend address.
     pub addr: SocketAddr,
+    /// The address as text, written once (for the access log).
+    pub addr_text: Box<str>,
     /// Relative weight.
     pub weight: u32,
     /// Peer template (address and timeouts) cloned for each attempt.
@@ -139,6 +141,7 @@ impl Cluster {
                 }
                 Member {
                     addr: b.addr,
+                    addr_text: b.addr.to_string().into_boxed_str(),
                     weight: b.weight,
                     peer,
                     state: backend,
