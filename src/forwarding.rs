@@ -54,7 +54,7 @@ impl TrustedProxies {
 /// The `X-Forwarded-For` value for a peer that sent none: the address alone. A keep-alive
 /// connection's requests all come from one peer, so each worker thread keeps the last value
 /// built (its bytes shared, so a copy costs a reference count rather than an allocation).
-fn peer_value(peer: IpAddr, text: &[u8]) -> HeaderValue {
+fn peer_value(peer: IpAddr) -> HeaderValue {
     thread_local! {
         static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
             const { std::cell::RefCell::new(None) };
@@ -62,6 +62,8 @@ fn peer_value(peer: IpAddr, text: &[u8]) -> HeaderValue {
     LAST.with_borrow_mut(|last| match last {
         Some((ip, value)) if *ip == peer => value.clone(),
         _ => {
+            let mut text = IpText::default();
+            text.write(peer);
             let value = shared_value(text);
             *last = Some((peer, value.clone()));
             value
@@ -69,32 +71,11 @@ fn peer_value(peer: IpAddr, text: &[u8]) -> HeaderValue {
     })
 }
 
-/// A header value whose bytes are reference-counted from the start: its clones allocate
-/// nothing (a value built from a `Vec` allocates again on its first clone).
-pub fn shared_value(text: &[u8]) -> HeaderValue {
-    #[derive(Clone, Copy)]
-    struct Text {
-        buf: [u8; 48],
-        len: u8,
-    }
-    impl AsRef<[u8]> for Text {
-        fn as_ref(&self) -> &[u8] {
-            &self.buf[..usize::from(self.len)]
-        }
-    }
-    let mut t = Text {
-        buf: [0; 48],
-        len: 0,
-    };
-    match t.buf.get_mut(..text.len()) {
-        Some(dst) => {
-            dst.copy_from_slice(text);
-            t.len = text.len() as u8;
-            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(t))
-                .unwrap_or(HeaderValue::from_static("-"))
-        }
-        None => HeaderValue::from_bytes(text).unwrap_or(HeaderValue::from_static("-")),
-    }
+/// A header value owning `text` with reference-counted bytes from the start: its clones
+/// allocate nothing (a value built from a `Vec` allocates again on its first clone).
+pub fn shared_value<T: AsRef<[u8]> + Send + 'static>(text: T) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` on the upstream request. From a trusted proxy
@@ -115,8 +96,6 @@ pub fn set_upstream_headers(
         req.remove_header(&XFF);
         return Ok(());
     };
-    let mut ip_text = IpText::default();
-    let ip = ip_text.write(peer);
     let xff = if peer_trusted && req.headers.contains_key(&XFF) {
         let mut chain = Vec::with_capacity(64);
         for v in req.headers.get_all(&XFF) {
@@ -126,10 +105,10 @@ pub fn set_upstream_headers(
             chain.extend_from_slice(v.as_bytes());
         }
         chain.extend_from_slice(b", ");
-        chain.extend_from_slice(ip);
+        chain.extend_from_slice(IpText::default().write(peer));
         HeaderValue::from_bytes(&chain)
     } else {
-        Ok(peer_value(peer, ip))
+        Ok(peer_value(peer))
     };
     if let Ok(v) = xff {
         req.insert_header_static(&XFF, XFF_STR, v);
@@ -161,7 +140,14 @@ const HTTP: HeaderValue = HeaderValue::from_static("http");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// An IP address as text, in a stack buffer (an IPv6 address is at most 45 bytes).
+#[derive(Clone, Copy)]
 pub struct IpText([u8; 48], usize);
+
+impl AsRef<[u8]> for IpText {
+    fn as_ref(&self) -> &[u8] {
+        &self.0[..self.1]
+    }
+}
 
 impl Default for IpText {
     fn default() -> Self {
@@ -238,16 +224,16 @@ mod tests {
             (b, "2001:db8::7"),
             (a, "192.0.2.1"),
         ] {
-            assert_eq!(peer_value(ip, text.as_bytes()).as_bytes(), text.as_bytes());
+            assert_eq!(peer_value(ip).as_bytes(), text.as_bytes());
         }
     }
 
     #[test]
-    fn shared_values_keep_any_length() {
+    fn shared_values_keep_their_text() {
         let long = "x".repeat(100);
-        assert_eq!(shared_value(long.as_bytes()).as_bytes(), long.as_bytes());
+        assert_eq!(shared_value(long.clone()).as_bytes(), long.as_bytes());
         assert_eq!(shared_value(b"abc").as_bytes(), b"abc");
-        let v = shared_value(b"id-1");
+        let v = shared_value("id-1");
         assert_eq!(v.clone(), v);
     }
 

@@ -11,6 +11,12 @@ pub struct RequestId {
     len: u8,
 }
 
+impl AsRef<[u8]> for RequestId {
+    fn as_ref(&self) -> &[u8] {
+        self.as_str().as_bytes()
+    }
+}
+
 impl RequestId {
     /// Keeps `client` if it is well formed (1 to 128 characters of `A-Z a-z 0-9 . _ : + / = -`),
     /// otherwise generates a fresh id.

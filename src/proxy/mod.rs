@@ -195,9 +195,7 @@ impl ProxyHttp for Gateway {
             // Kept as sent: share its bytes.
             Some(v) if v.as_bytes() == state.request_id.as_str().as_bytes() => Some(v.clone()),
             // Shared bytes: the copies up and down cost no allocation.
-            _ => Some(crate::forwarding::shared_value(
-                state.request_id.as_str().as_bytes(),
-            )),
+            _ => Some(crate::forwarding::shared_value(state.request_id)),
         };
         if let Some(peer) = session
             .client_addr()
