@@ -10,8 +10,9 @@ single figures on these VMs move 10-25 % between runs. Reported per case: reques
 per request (the proxy process's utime+stime ticks over the requests it served), and ratios to
 the bare proxy and to nginx. Then memory per idle keep-alive client connection (N connections,
 one request each, RSS delta / N), latency added at a fixed rate below saturation (h2load
---h1 at 5k req/s over 10 connections; median and p99 minus the same run straight to the
-backend), and TLS termination (same certificate for nginx and Gatehouse; keep-alive and a new
+--h1, 10 connections at 500 req/s each, which fire in step and so arrive as bursts of ten, and
+one connection at 1k req/s, which never queues; median and p99 minus the same run straight to
+the backend, interleaved rounds), and TLS termination (same certificate for nginx and Gatehouse; keep-alive and a new
 connection per request).
 
 Bounded and loopback only: DURATION seconds per wrk run (default 8), ROUNDS rounds (default 3).
@@ -304,33 +305,52 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
 
     def latency(self):
         need("h2load", "nghttp2-client")
-        print("\nLatency added at a fixed 5k req/s (h2load --h1 -c 10 --rps 500, 6 s; "
-              "minus the same run straight to the backend):")
-        print("| target | p50 µs | p99 µs | added p50 | added p99 |")
-        print("|---|---|---|---|---|")
-        rows = []
-        for name, url, headers in [
+        rounds = self.args.rounds
+        modes = [
+            ("10 connections, 500 req/s each (bursts of ten)", ["-c", "10", "--rps", "500"]),
+            ("one connection, 1k req/s (no queueing)", ["-c", "1", "--rps", "1000"]),
+        ]
+        targets = [
             ("backend directly", f"http://127.0.0.1:{self.backend_port}/", ()),
             ("nginx proxy_pass", f"http://127.0.0.1:{self.nginx_port}/", ()),
             ("bare Pingora", f"http://127.0.0.1:{self.bare_port}/", ()),
             ("gatehouse routing only", f"http://127.0.0.1:{self.gw_port}/plain", ()),
             ("gatehouse JWT + rate limit", f"http://127.0.0.1:{self.gw_port}/jwt",
              (f"Authorization: Bearer {self.jwt}",)),
-        ]:
-            log = os.path.join(self.work, "h2load.log")
-            cmd = ["taskset", "-c", "1", "h2load", "--h1", "-c", "10", "--rps", "500", "-D", "6",
-                   "--log-file", log]
-            for h in headers:
-                cmd += ["-H", h]
-            subprocess.run(cmd + [url], capture_output=True, check=True)
-            with open(log) as f:
-                durations = sorted(int(l.split()[2]) for l in f if l.strip())
-            p50 = durations[len(durations) // 2]
-            p99 = durations[int(len(durations) * 0.99)]
-            rows.append((name, p50, p99))
-        base = rows[0]
-        for name, p50, p99 in rows:
-            print(f"| {name} | {p50} | {p99} | {p50 - base[1]:+d} | {p99 - base[2]:+d} |")
+        ]
+        log = os.path.join(self.work, "h2load.log")
+        for label, load in modes:
+            samples = {name: [] for name, _, _ in targets}
+            achieved = {name: [] for name, _, _ in targets}
+            for _ in range(rounds):
+                for name, url, headers in targets:
+                    # h2load appends to --log-file: start each run from an empty file, or
+                    # every target after the first is mixed with the ones before it.
+                    if os.path.exists(log):
+                        os.remove(log)
+                    cmd = ["taskset", "-c", "1", "h2load", "--h1", *load, "-D", "4",
+                           "--log-file", log]
+                    for h in headers:
+                        cmd += ["-H", h]
+                    subprocess.run(cmd + [url], capture_output=True, check=True)
+                    with open(log) as f:
+                        durations = sorted(int(l.split()[2]) for l in f if l.strip())
+                    samples[name].append((durations[len(durations) // 2],
+                                          durations[int(len(durations) * 0.99)]))
+                    achieved[name].append(len(durations) / 4)
+            med = {k: (statistics.median(p for p, _ in v), statistics.median(q for _, q in v))
+                   for k, v in samples.items()}
+            rate = statistics.median(r for v in achieved.values() for r in v)
+            base = med["backend directly"]
+            print(f"\nLatency, h2load --h1 {' '.join(load)}, {rate:,.0f} req/s achieved, "
+                  f"4 s x {rounds} interleaved rounds (medians), {label}:")
+            print("| target | p50 µs | p99 µs | added p50 | added p99 | added p50 vs nginx |")
+            print("|---|---|---|---|---|---|")
+            nginx_added = max(med["nginx proxy_pass"][0] - base[0], 1)
+            for name, _, _ in targets:
+                p50, p99 = med[name]
+                print(f"| {name} | {p50:.0f} | {p99:.0f} | {p50 - base[0]:+.0f} | "
+                      f"{p99 - base[1]:+.0f} | {(p50 - base[0]) / nginx_added:.2f}x |")
 
     def tls(self):
         print("\nTLS termination, same ECDSA P-256 certificate (one round each):")
