@@ -8,15 +8,16 @@ Every proxy under test runs pinned to CPU 0 with one worker thread; wrk and the 
 share CPU 1. Rounds are interleaved (every case once per round) and medians reported, because
 single figures on these VMs move 10-25 % between runs. Reported per case: requests/s, CPU µs
 per request (the proxy process's utime+stime ticks over the requests it served), and ratios to
-the bare proxy and to nginx. Then memory per idle keep-alive client connection (N connections,
-one request each, RSS delta / N), latency added at a fixed rate below saturation (h2load
---h1, 10 connections at 500 req/s each, which fire in step and so arrive as bursts of ten, and
+the bare proxy and to nginx. Then memory per idle client connection (plain and TLS HTTP/1.1
+keep-alive, HTTP/2 over TLS, and upgraded WebSockets; N connections, one request each, RSS
+delta / N), latency added at a fixed rate below saturation (h2load --h1, 10 connections at 500 req/s each, which fire in step and so arrive as bursts of ten, and
 one connection at 1k req/s, which never queues; median and p99 minus the same run straight to
-the backend, interleaved rounds), and TLS termination (same certificate for nginx and Gatehouse; keep-alive and a new
-connection per request).
+the backend, interleaved rounds), and TLS termination (same certificate for nginx and
+Gatehouse; keep-alive and a new connection per request).
 
 Bounded and loopback only: DURATION seconds per wrk run (default 8), ROUNDS rounds (default 3).
-Usage: scripts/proxy-bench.py [--duration S] [--rounds N] [--skip-tls] [--skip-latency]
+Usage: scripts/proxy-bench.py [--duration S] [--rounds N] [--skip-throughput] [--skip-memory]
+                              [--skip-latency] [--skip-tls]
 """
 
 import argparse
@@ -24,7 +25,11 @@ import json
 import os
 import shutil
 import signal
+import asyncio
 import socket
+import ssl
+import struct
+import threading
 import statistics
 import subprocess
 import sys
@@ -142,12 +147,16 @@ http {{
         self.nginx("backend", 1,
                    f"server {{ listen 127.0.0.1:{self.backend_port}; "
                    "location / { return 200 'hello from the backend'; } }")
+        self.ws_port = self.ws_backend()
         proxy = ("location / { proxy_pass http://backend; proxy_http_version 1.1; "
-                 "proxy_set_header Connection \"\"; }")
+                 "proxy_set_header Connection \"\"; }\n"
+                 f"location /ws {{ proxy_pass http://127.0.0.1:{self.ws_port}; "
+                 "proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+                 "proxy_set_header Connection upgrade; proxy_read_timeout 1h; }")
         self.nginx_proc = self.nginx(
             "proxy", 0,
             f"server {{ listen 127.0.0.1:{self.nginx_port}; {proxy} }}\n"
-            f"server {{ listen 127.0.0.1:{self.nginx_tls_port} ssl; ssl_certificate {w}/tls.pem; "
+            f"server {{ listen 127.0.0.1:{self.nginx_tls_port} ssl http2; ssl_certificate {w}/tls.pem; "
             f"ssl_certificate_key {w}/tls.key; ssl_protocols TLSv1.2 TLSv1.3; "
             f"ssl_session_cache shared:SSL:10m; {proxy} }}")
         wait_up(self.backend_port)
@@ -191,10 +200,16 @@ rps = 10000000
 burst = 100000000
 [upstreams.b]
 backends = [{{ addr = "127.0.0.1:{self.backend_port}" }}]
+[upstreams.ws]
+backends = [{{ addr = "127.0.0.1:{self.ws_port}" }}]
 [[routes]]
 name = "plain"
 path_prefix = "/plain"
 upstream = "b"
+[[routes]]
+name = "ws"
+path_prefix = "/ws"
+upstream = "ws"
 [[routes]]
 name = "apikey"
 path_prefix = "/apikey"
@@ -277,31 +292,128 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
                   f"{us / bare_us:.2f}x |")
         return med
 
-    def memory(self, n=500):
-        print(f"\nMemory per idle keep-alive client connection ({n} connections, one request "
-              "each, RSS delta / N):")
-        print("| proxy | KB per connection |")
-        print("|---|---|")
-        for name, pids, port, path in [
-            ("nginx proxy_pass", children_pids(self.nginx_proc.pid), self.nginx_port, "/"),
-            ("bare Pingora", [self.bare_proc.pid], self.bare_port, "/"),
-            ("gatehouse", [self.gw_proc.pid], self.gw_port, "/plain"),
-        ]:
-            before = sum(rss_kb(p) for p in pids)
-            socks = []
-            for _ in range(n):
-                s = socket.create_connection(("127.0.0.1", port))
-                s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
-                socks.append(s)
-            for s in socks:
-                s.settimeout(5)
-                s.recv(4096)
-            time.sleep(0.5)
-            after = sum(rss_kb(p) for p in pids)
+    def ws_backend(self):
+        """A WebSocket backend for the idle-connection measurement: answers every upgrade with
+        101 and then keeps the connection, silent (asyncio, in a thread of this script)."""
+        port = free_port()
+        ready = threading.Event()
+
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # until the proxy closes
+            writer.close()
+
+        def run():
+            loop = asyncio.new_event_loop()
+            server = loop.run_until_complete(
+                asyncio.start_server(handle, "127.0.0.1", port, backlog=4096))
+            self.ws_server = (loop, server)
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run, daemon=True).start()
+        ready.wait()
+        return port
+
+    @staticmethod
+    def open_idle(port, path, kind, tls_ctx):
+        """One connection to port that makes one request of `kind` (plain, tls, h2, ws), reads
+        its answer and is then kept, idle."""
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(10)
+        if kind in ("tls", "h2"):
+            s = tls_ctx[kind].wrap_socket(s, server_hostname="localhost")
+        if kind == "h2":
+            def frame(kind_, flags, stream, payload=b""):
+                return struct.pack(">I", len(payload))[1:] + bytes([kind_, flags]) + \
+                    struct.pack(">I", stream) + payload
+            # HPACK: :method GET, :scheme https (static table), :path and :authority as
+            # literals without indexing.
+            block = (b"\x82\x87\x04" + bytes([len(path)]) + path.encode() +
+                     b"\x01\x09localhost")
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0) +
+                      frame(1, 0x5, 1, block))
+            buf, done = b"", False
+            while not done:
+                got = s.recv(65536)
+                if not got:
+                    raise SystemExit("h2: connection closed")
+                buf += got
+                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                    length, ftype, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+                    if ftype == 4 and not flags & 1:
+                        s.sendall(frame(4, 1, 0))  # acknowledge the server's SETTINGS
+                    if ftype in (0, 1) and flags & 1:
+                        done = True  # END_STREAM on the response
+                    buf = buf[9 + length:]
+            return s
+        if kind == "ws":
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        else:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            got = s.recv(4096)
+            if not got:
+                raise SystemExit(f"{kind}: connection closed")
+            head += got
+        want = b"HTTP/1.1 101" if kind == "ws" else b"HTTP/1.1 200"
+        if not head.startswith(want):
+            raise SystemExit(f"{kind} to {port}{path}: {head[:60]!r}")
+        return s
+
+    def memory(self, n=2000):
+        """RSS per idle connection: warm up with 64 connections (closed), then open N, one at
+        a time, each making one request and reading its answer (so that no more than one
+        request is in flight and the figure is what idle connections hold, not a peak), then
+        RSS delta / N. N = 2000 because RSS grows in steps of up to 2 MiB here."""
+        tls_ctx = {}
+        for kind, alpn in (("tls", ["http/1.1"]), ("h2", ["h2"])):
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(alpn)
+            tls_ctx[kind] = ctx
+        n_pids = lambda: children_pids(self.nginx_proc.pid)
+        rows = [
+            ("plain HTTP/1.1", "nginx proxy_pass", n_pids, self.nginx_port, "/", "plain"),
+            ("plain HTTP/1.1", "bare Pingora", lambda: [self.bare_proc.pid], self.bare_port,
+             "/", "plain"),
+            ("plain HTTP/1.1", "gatehouse", lambda: [self.gw_proc.pid], self.gw_port, "/plain",
+             "plain"),
+            ("TLS HTTP/1.1", "nginx proxy_pass", n_pids, self.nginx_tls_port, "/", "tls"),
+            ("TLS HTTP/1.1", "gatehouse", lambda: [self.gw_proc.pid], self.gw_tls_port,
+             "/plain", "tls"),
+            ("TLS HTTP/2", "nginx proxy_pass", n_pids, self.nginx_tls_port, "/", "h2"),
+            ("TLS HTTP/2", "gatehouse", lambda: [self.gw_proc.pid], self.gw_tls_port, "/plain",
+             "h2"),
+            ("WebSocket (plain)", "nginx proxy_pass", n_pids, self.nginx_port, "/ws", "ws"),
+            ("WebSocket (plain)", "gatehouse", lambda: [self.gw_proc.pid], self.gw_port, "/ws",
+             "ws"),
+        ]
+        print(f"\nMemory per idle client connection ({n} connections, one request each, "
+              "RSS delta / N; a WebSocket counts its upstream connection too):")
+        print("| connection | proxy | KB per connection |")
+        print("|---|---|---|")
+        for kind_label, name, pids, port, path, kind in rows:
+            warm = [self.open_idle(port, path, kind, tls_ctx) for _ in range(64)]
+            for s in warm:
+                s.close()
+            time.sleep(1)
+            before = sum(rss_kb(p) for p in pids())
+            socks = [self.open_idle(port, path, kind, tls_ctx) for _ in range(n)]
+            time.sleep(1)
+            after = sum(rss_kb(p) for p in pids())
             for s in socks:
                 s.close()
-            print(f"| {name} | {(after - before) / n:.1f} |")
-            time.sleep(0.5)
+            print(f"| {kind_label} | {name} | {(after - before) / n:.1f} |", flush=True)
+            time.sleep(1)
 
     def latency(self):
         need("h2load", "nghttp2-client")
@@ -384,6 +496,7 @@ def main():
     ap.add_argument("--skip-tls", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     for tool, pkg in [("wrk", "wrk"), ("nginx", "nginx"), ("openssl", "openssl")]:
         need(tool, pkg)
@@ -394,7 +507,8 @@ def main():
         b.setup()
         print(f"# {time.strftime('%Y-%m-%d')} on {os.uname().nodename}, "
               f"{os.cpu_count()} CPUs; proxies pinned to CPU 0, wrk and the backend to CPU 1")
-        b.throughput()
+        if not args.skip_throughput:
+            b.throughput()
         if not args.skip_memory:
             b.memory()
         if not args.skip_latency:

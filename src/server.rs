@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -43,6 +45,14 @@ pub fn server_conf(config: &Config, cli: &Cli) -> ServerConf {
         daemon_wait_for_ready: true,
         ..ServerConf::default()
     }
+}
+
+/// A TCP listener on `addr` whose connections keep `read_buffer` bytes of read buffer
+/// (Pingora's default is 64 KiB per connection; see `[server] read_buffer`) and Pingora's
+/// default write buffer (one MSS, 1 460 bytes), which coalesces a response's head and body
+/// into one send.
+fn listener(addr: &std::net::SocketAddr, read_buffer: usize) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(read_buffer))
 }
 
 /// Runs the gateway until it is told to stop. Does not return.
@@ -103,7 +113,7 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         ),
     );
     for addr in &config.server.listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(listener(addr, config.server.read_buffer));
     }
     proxy.threads = Some(config.server.threads);
     server.add_service(proxy).add_dependency(&bootstrap);
@@ -131,7 +141,7 @@ pub fn run(config: Config, cli: &Cli) -> ! {
             ),
         );
         for addr in &tls.listen {
-            service.add_tcp(&addr.to_string());
+            service.add_listener(listener(addr, tls.read_buffer));
         }
         service.threads = Some(config.server.threads);
         server.add_service(service).add_dependency(&bootstrap);
@@ -142,7 +152,7 @@ pub fn run(config: Config, cli: &Cli) -> ! {
             "gatehouse admin".to_string(),
             AdminApp::new(store.clone(), Arc::clone(&metrics), Arc::clone(&reloader)),
         );
-        service.add_tcp(&admin.listen.to_string());
+        service.add_listener(listener(&admin.listen, 0));
         service.threads = Some(1);
         server.add_service(service).add_dependency(&bootstrap);
     }

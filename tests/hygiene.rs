@@ -269,6 +269,35 @@ async fn idle_keepalive_connections_follow_keepalive_timeout_not_the_head_deadli
 }
 
 #[test]
+fn idle_keepalive_connections_close_when_the_gateway_stops_not_when_the_grace_period_ends() {
+    let b = TestBackend::start("b");
+    let mut gw = Gatehouse::builder().grace_period("20s").start(&routes(&b));
+    let mut idle = connect(gw.addr);
+    idle.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut idle).expect("first").status, 200);
+    // Stopping: the gateway stops waiting for this connection's next request at once, as
+    // Pingora's own keep-alive wait does, so clients reconnect (to a new process) early.
+    gw.signal("TERM");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    idle.read_to_end(&mut rest)
+        .expect("the idle connection is closed, well before the 20 s grace period");
+    assert!(rest.is_empty(), "nothing is written at an idle close");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        gw.exited().is_none(),
+        "still draining, within its grace period"
+    );
+}
+
+#[test]
 fn a_second_request_trickled_on_a_kept_alive_connection_is_closed_too() {
     let (gw, _b) = start("request_head_timeout = \"1s\"\n");
     let mut s = connect(gw.addr);

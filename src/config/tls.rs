@@ -96,6 +96,9 @@ pub struct TlsSettings {
     pub redirect_http: bool,
     /// Client certificate authentication, if configured.
     pub client_auth: Option<ClientAuth>,
+    /// Bytes of read buffer under TLS on each connection (Pingora's L4 read buffer); 0 lets
+    /// the TLS layer read records straight from the socket.
+    pub read_buffer: usize,
 }
 
 /// Warn when a certificate expires within this many seconds.
@@ -326,10 +329,15 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>) -> Option<TlsSettings> {
             }
         }
     });
+    let read_buffer = t
+        .get("read_buffer")
+        .and_then(|n| r.size(&n, super::server::MAX_READ_BUFFER))
+        .map_or(0, |v| v as usize);
     if r.error_count() > before {
         return None;
     }
     Some(TlsSettings {
+        read_buffer,
         listen,
         min_version,
         alpn,

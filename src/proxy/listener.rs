@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
@@ -657,6 +657,30 @@ impl EdgeApp {
         }
     }
 
+    /// Waits until the next request's first bytes can be read from `stream`, holding nothing
+    /// but the connection: Pingora's per-request state (its boxed `process_new_http` future,
+    /// about 15 KB, and the 4 KB head buffer) is created only once they are there, so an idle
+    /// keep-alive connection costs its stream alone. The wait is a zero-length read through
+    /// the guard, which runs the head and idle deadlines as for any read; it is ready when
+    /// data is there (TLS: decrypted data; a buffered stream: data in its buffer), at end of
+    /// stream, or, on a plain unbuffered socket, when the socket is readable (then Pingora's
+    /// read finds out which). `false` when the connection failed (e.g. its first head's
+    /// deadline passed) or the service is stopping.
+    async fn await_head(&self, stream: &mut Stream) -> bool {
+        let stopping = self.proxy.await_shutdown();
+        tokio::pin!(stopping);
+        std::future::poll_fn(|cx| {
+            let mut empty = ReadBuf::new(&mut []);
+            match Pin::new(&mut **stream).poll_read(cx, &mut empty) {
+                Poll::Ready(result) => return Poll::Ready(result.is_ok()),
+                Poll::Pending => {}
+            }
+            // Biased to the connection: a request already there is served.
+            stopping.as_mut().poll(cx).map(|()| false)
+        })
+        .await
+    }
+
     /// Whether the connection speaks HTTP/2 (ALPN, or h2c prior knowledge when enabled).
     /// `None` when the client closed, or sent too little before `deadline`.
     async fn is_h2(&self, guard: &mut HeadGuard, deadline: Instant) -> Option<bool> {
@@ -689,7 +713,9 @@ impl ServerApp for EdgeApp {
         let limits = self.store.load().config().server.limits;
         let stream = match &self.tls {
             // The handshake counts against the first head's deadline.
-            Some(tls) => tls.accept(stream, limits.request_head_timeout).await?,
+            // Boxed: the handshake's state is large and needed only until it completes, so
+            // it does not size this connection-long future.
+            Some(tls) => Box::pin(tls.accept(stream, limits.request_head_timeout)).await?,
             None => stream,
         };
         let mut guard = HeadGuard::new(
@@ -708,9 +734,17 @@ impl ServerApp for EdgeApp {
             return ServerApp::process_new(&self.proxy, Box::new(guard), shutdown).await;
         }
         let options = self.proxy.server_options();
-        let mut session = ServerSession::new_http1(Box::new(guard));
+        let mut stream: Stream = Box::new(guard);
+        let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
+            if !self.await_head(&mut stream).await {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings.take() {
+                settings.apply_to_session(&mut session);
+            }
             if *shutdown.borrow() {
                 // Stop the client from reusing the connection: this service stops soon.
                 session.set_keepalive(None);
@@ -725,14 +759,10 @@ impl ServerApp for EdgeApp {
                 first = false;
             }
             let reused = self.proxy.process_new_http(session, shutdown).await?;
-            let (stream, settings) = reused.consume();
+            (stream, settings) = reused.consume();
             if let Some(g) = stream.as_any().downcast_ref::<HeadGuard>() {
                 let keepalive = self.store.load().config().server.limits.keepalive_timeout;
                 g.next_request(keepalive.max(Duration::from_secs(1)));
-            }
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
             }
         }
     }

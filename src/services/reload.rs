@@ -114,6 +114,9 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.http2 != b.http2 {
         changed.push("server.http2");
     }
+    if a.read_buffer != b.read_buffer {
+        changed.push("server.read_buffer");
+    }
     if a.limits.max_header_bytes != b.limits.max_header_bytes
         || a.limits.max_headers != b.limits.max_headers
     {
@@ -127,13 +130,17 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
                 t.min_version,
                 t.alpn.clone(),
                 t.client_auth.clone(),
+                t.read_buffer,
             )
         })
     };
     match (tls(old), tls(new)) {
         (None, None) => {}
         (Some(_), None) | (None, Some(_)) => changed.push("server.tls"),
-        (Some((la, va, aa, ca)), Some((lb, vb, ab, cb))) => {
+        (Some((la, va, aa, ca, ra)), Some((lb, vb, ab, cb, rb))) => {
+            if ra != rb {
+                changed.push("server.tls.read_buffer");
+            }
             if la != lb {
                 changed.push("server.tls.listen");
             }

@@ -303,7 +303,11 @@ where
     /// `shutdown_flag` is checked, so a shutdown firing in between cannot be
     /// missed: either the flag load sees the store, or the registered waiter
     /// receives the notification.
-    async fn await_shutdown(&self) {
+    ///
+    /// [gatehouse patch] Public, so that an application that waits for a
+    /// keep-alive connection's next request itself (before calling
+    /// `process_new_http`) stops waiting when the service shuts down.
+    pub async fn await_shutdown(&self) {
         let notified = self.shutdown.local().notified();
         tokio::pin!(notified);
 
