@@ -32,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
@@ -70,9 +71,13 @@ const TOO_LONG: u8 = 2;
 /// A connection as the proxy sees it, watching each request head go by.
 pub struct HeadGuard {
     inner: Stream,
-    /// Bytes read while telling HTTP/2 from HTTP/1, served again before the stream's.
-    replay: Vec<u8>,
+    /// Bytes read ahead (while telling HTTP/2 from HTTP/1, or waiting for the next head),
+    /// served again before the stream's.
+    replay: BytesMut,
     replay_pos: usize,
+    /// The replayed bytes have been through [`HeadGuard::observe`] already (read ahead by
+    /// [`HeadGuard::poll_next_head`]), so serving them must not scan them twice.
+    replay_observed: bool,
     scan: HeadScan,
     phase: Phase,
     timeout: Duration,
@@ -124,8 +129,9 @@ impl HeadGuard {
     ) -> Self {
         HeadGuard {
             inner,
-            replay: Vec::new(),
+            replay: BytesMut::new(),
             replay_pos: 0,
+            replay_observed: false,
             scan: HeadScan::new(max_line),
             phase: Phase::Head,
             timeout,
@@ -194,8 +200,9 @@ impl HeadGuard {
             }
         }
         let h2 = got == H2_PREFACE;
-        self.replay = got;
+        self.replay = BytesMut::from(&got[..]);
         self.replay_pos = 0;
+        self.replay_observed = false;
         Ok(h2)
     }
 
@@ -244,6 +251,33 @@ impl HeadGuard {
         }
     }
 
+    /// Waits for the first bytes of the next request and reads what is there (at most
+    /// [`read_ahead::SIZE`] bytes, through the usual checks: head and idle deadlines, the raw
+    /// line scan) into a buffer that is served before the stream's. Ready with `true` when
+    /// there are bytes to read, `false` at end of stream or when the idle wait expired.
+    ///
+    /// Reading ahead, rather than only waiting for readiness, keeps the syscalls per request
+    /// as they were (the one read Pingora would make is this one), and the buffer comes from
+    /// a small per-thread pool, so a connection holds it only while its head is in flight.
+    pub fn poll_next_head(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if self.replay_pos < self.replay.len() {
+            return Poll::Ready(Ok(true));
+        }
+        let mut ahead = read_ahead::take();
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, &mut ahead) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.replay = ahead;
+                self.replay_pos = 0;
+                self.replay_observed = true;
+                Poll::Ready(Ok(true))
+            }
+            other => {
+                read_ahead::give_back(ahead);
+                other.map_ok(|_| false)
+            }
+        }
+    }
+
     fn expired(&mut self) -> std::io::Result<()> {
         self.timeouts.inc();
         Err(std::io::Error::new(
@@ -284,9 +318,16 @@ impl AsyncRead for HeadGuard {
             let start = this.replay_pos;
             buf.put_slice(&this.replay[start..start + n]);
             this.replay_pos += n;
-            let replayed = std::mem::take(&mut this.replay);
-            this.observe(&replayed[start..start + n]);
-            this.replay = replayed;
+            if !this.replay_observed {
+                let replayed = std::mem::take(&mut this.replay);
+                this.observe(&replayed[start..start + n]);
+                this.replay = replayed;
+            }
+            if this.replay_pos == this.replay.len() {
+                // Nothing is kept between requests: the buffer goes back to the thread's spares.
+                read_ahead::give_back(std::mem::take(&mut this.replay));
+                this.replay_pos = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -639,6 +680,45 @@ pub struct EdgeApp {
     tls: Option<super::tls::TlsEntry>,
 }
 
+/// Buffers for reading a request's first bytes ahead ([`HeadGuard::poll_next_head`]): taken
+/// when the bytes arrive, given back once Pingora has read them, kept per worker thread so
+/// that the request path allocates none in the steady state.
+mod read_ahead {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Bytes read ahead at most: Pingora's first read of a head asks for as much.
+    pub const SIZE: usize = 4096;
+    /// Spare buffers kept per thread (beyond that, given-back buffers are freed).
+    const SPARES: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer with room for [`SIZE`] bytes.
+    pub fn take() -> BytesMut {
+        SPARE
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
+    }
+
+    /// Returns a buffer from [`take`] (others, e.g. the HTTP/2 sniff's, are just dropped).
+    pub fn give_back(mut buf: BytesMut) {
+        if buf.capacity() < SIZE {
+            return;
+        }
+        buf.clear();
+        SPARE.with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARES {
+                spare.push(buf);
+            }
+        });
+    }
+}
+
 impl EdgeApp {
     /// Serves `proxy` with the limits of whatever `store` holds when a connection arrives;
     /// closed heads are counted in `head_timeouts`. With `tls`, connections start with its
@@ -657,25 +737,20 @@ impl EdgeApp {
         }
     }
 
-    /// Waits until the next request's first bytes can be read from `stream`, holding nothing
-    /// but the connection: Pingora's per-request state (its boxed `process_new_http` future,
-    /// about 15 KB, and the 4 KB head buffer) is created only once they are there, so an idle
-    /// keep-alive connection costs its stream alone. The wait is a zero-length read through
-    /// the guard, which runs the head and idle deadlines as for any read; it is ready when
-    /// data is there (TLS: decrypted data; a buffered stream: data in its buffer), at end of
-    /// stream, or, on a plain unbuffered socket, when the socket is readable (then Pingora's
-    /// read finds out which). `false` when the connection failed (e.g. its first head's
-    /// deadline passed) or the service is stopping.
-    async fn await_head(&self, stream: &mut Stream) -> bool {
+    /// Waits for the next request's first bytes on `guard`'s connection, holding nothing but
+    /// the connection: Pingora's per-request state (its boxed `process_new_http` future, about
+    /// 15 KB, and its 4 KB head buffer) is created only once they are there, so an idle
+    /// keep-alive connection costs its stream alone ([`HeadGuard::poll_next_head`] reads
+    /// them ahead). `false` when the connection ended, failed (e.g. its first head's deadline
+    /// passed) or went idle past the keep-alive timeout, or the service is stopping.
+    async fn await_head(&self, guard: &mut HeadGuard) -> bool {
         let stopping = self.proxy.await_shutdown();
         tokio::pin!(stopping);
         std::future::poll_fn(|cx| {
-            let mut empty = ReadBuf::new(&mut []);
-            match Pin::new(&mut **stream).poll_read(cx, &mut empty) {
-                Poll::Ready(result) => return Poll::Ready(result.is_ok()),
-                Poll::Pending => {}
+            if let Poll::Ready(result) = guard.poll_next_head(cx) {
+                return Poll::Ready(matches!(result, Ok(true)));
             }
-            // Biased to the connection: a request already there is served.
+            // Polled after the connection: a request already there is served.
             stopping.as_mut().poll(cx).map(|()| false)
         })
         .await
@@ -734,14 +809,14 @@ impl ServerApp for EdgeApp {
             return ServerApp::process_new(&self.proxy, Box::new(guard), shutdown).await;
         }
         let options = self.proxy.server_options();
-        let mut stream: Stream = Box::new(guard);
+        let mut guard = Box::new(guard);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
-            if !self.await_head(&mut stream).await {
+            if !self.await_head(&mut guard).await {
                 return None;
             }
-            let mut session = ServerSession::new_http1(stream);
+            let mut session = ServerSession::new_http1(guard);
             if let Some(settings) = settings.take() {
                 settings.apply_to_session(&mut session);
             }
@@ -759,11 +834,12 @@ impl ServerApp for EdgeApp {
                 first = false;
             }
             let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let stream;
             (stream, settings) = reused.consume();
-            if let Some(g) = stream.as_any().downcast_ref::<HeadGuard>() {
-                let keepalive = self.store.load().config().server.limits.keepalive_timeout;
-                g.next_request(keepalive.max(Duration::from_secs(1)));
-            }
+            // The stream given to the session is this guard, boxed: take it back as such.
+            guard = stream.into_any().downcast::<HeadGuard>().ok()?;
+            let keepalive = self.store.load().config().server.limits.keepalive_timeout;
+            guard.next_request(keepalive.max(Duration::from_secs(1)));
         }
     }
 
