@@ -103,13 +103,18 @@ class Bench:
         return p
 
     def close(self):
+        # SIGTERM first: an nginx master killed outright leaves its workers running.
         for p in self.procs:
             try:
-                p.send_signal(signal.SIGKILL)
+                p.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
         for p in self.procs:
-            p.wait()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         shutil.rmtree(self.work, ignore_errors=True)
 
     def nginx(self, name, cpu, servers):
