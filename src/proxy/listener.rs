@@ -18,9 +18,14 @@
 //! HTTP/2 connections (h2c prior knowledge, recognised from the first bytes, or ALPN) are
 //! handed to Pingora with the guard switched off: frames have their own framing and limits.
 //! The prior-knowledge check reads only as many bytes as it needs to tell (Pingora's own peek
-//! waits for 24 bytes, so a shorter complete HTTP/1 request would wait for the timeout). Between two requests of a keep-alive connection the previous one is
-//! complete (its body drained), so re-arming the guard there is exact; Pingora's pipelining is
-//! off, so no bytes of the next head are buffered ahead.
+//! waits for 24 bytes, so a shorter complete HTTP/1 request would wait for the timeout). Between
+//! two requests of a keep-alive connection the previous one is complete (its body drained), so
+//! re-arming the guard there is exact.
+//! - **Idle connections hold only their stream.** The loop waits for the next head's first
+//!   bytes itself and reads them ahead ([`HeadGuard::poll_next_head`], a pooled buffer served
+//!   before the stream), and only then calls Pingora's `process_new_http`, whose per-request
+//!   state (a boxed future of about 15 KB and a 4 KB head buffer) would otherwise live as long
+//!   as the connection idles (README, "Memory per connection").
 //! - **Upgraded WebSockets.** Once `response_filter` lets a 101 through, the guard follows
 //!   the connection's frames: idle timeout and the going-away close (see [`super::websocket`]).
 
