@@ -115,9 +115,13 @@ pub enum Refusal {
     /// The shared rate-limit store failed and `on_store_error = "deny"` (503).
     #[error("rate limit store unavailable")]
     RateLimitStoreUnavailable,
-    /// Every backend of the route's upstream is unhealthy or drained (503).
+    /// Every backend of the route's upstream is unhealthy or drained (503, `Retry-After` in
+    /// seconds: the upstream's health-check interval, when a check could bring one back).
     #[error("no healthy backend")]
-    NoHealthyBackend,
+    NoHealthyBackend {
+        /// Seconds a client should wait before trying again.
+        retry_after: u64,
+    },
     /// Every available backend's circuit is open (503, `Retry-After` in seconds).
     #[error("every circuit is open")]
     CircuitOpen {
@@ -162,7 +166,7 @@ impl Refusal {
             Refusal::Denied(_) => 401,
             Refusal::RateLimited(_) => 429,
             Refusal::RateLimitStoreUnavailable
-            | Refusal::NoHealthyBackend
+            | Refusal::NoHealthyBackend { .. }
             | Refusal::CircuitOpen { .. }
             | Refusal::Overloaded => 503,
             Refusal::DeadlineExceeded => 504,

@@ -194,6 +194,25 @@ async fn draining_takes_a_backend_out_and_enable_brings_it_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_backend_drained_answers_503_with_retry_after() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&body(&a, &b, false));
+    for backend in [&a, &b] {
+        let path = format!("/admin/upstreams/svc/backends/{}/drain", backend.addr_str());
+        assert_eq!(common::admin_post(&gw, &path).await.status(), 200);
+    }
+    let resp = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    // No active health check on this upstream: only an operator brings a backend back, so
+    // clients are asked to wait 5 s rather than 1.
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let body = json(resp).await;
+    assert_eq!(body["error"], "service unavailable: no healthy backend");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn draining_lets_in_flight_requests_finish() {
     let slow = TestBackend::slow("slow", Duration::from_millis(800));
     let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&format!(

@@ -95,6 +95,8 @@ async fn all_backends_unhealthy_answers_503_without_touching_them() {
     let hits_before = a.hits() + b.hits();
     let resp = client().get(gw.url("/x")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
+    // The health check (every 200 ms) may bring one back: come back in a second.
+    assert_eq!(resp.headers()["retry-after"], "1");
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let body = json(resp).await;
     assert_eq!(body["error"], "service unavailable: no healthy backend");

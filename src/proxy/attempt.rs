@@ -21,6 +21,10 @@ use super::ctx::RequestCtx;
 use crate::clock;
 use crate::config::{FailureKind, HashKey};
 use crate::refusal::Refusal;
+
+/// `Retry-After` (seconds) of a 503 for "no healthy backend" on an upstream without active
+/// health checks: nothing brings a backend back but an operator (undrain, reload).
+const NO_CHECK_RETRY_AFTER: u64 = 5;
 use crate::upstream::backend::InflightGuard;
 use crate::upstream::{bit, Unavailable};
 
@@ -98,7 +102,15 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
     };
     let (i, permit) = match picked {
         Ok(choice) => choice,
-        Err(Unavailable::NoHealthy) => return Err(Refusal::NoHealthyBackend.into_error()),
+        Err(Unavailable::NoHealthy) => {
+            // The next health check may bring a backend back; without checks, only an operator
+            // can (undrain, reload), so clients are asked to wait a little longer.
+            let retry_after = spec.health_check.as_ref().map_or(NO_CHECK_RETRY_AFTER, |h| {
+                h.interval.as_secs() + u64::from(h.interval.subsec_nanos() > 0)
+            });
+            let retry_after = retry_after.max(1);
+            return Err(Refusal::NoHealthyBackend { retry_after }.into_error());
+        }
         Err(Unavailable::CircuitOpen(ms)) => {
             let retry_after = ms.div_ceil(1000).max(1);
             return Err(Refusal::CircuitOpen { retry_after }.into_error());

@@ -162,7 +162,12 @@ pub async fn fail(session: &mut Session, ctx: &mut RequestCtx, e: &Error, status
             ctx,
             status,
             plain_body(message_for(status), ctx.state.request_id.as_str()),
-            &[],
+            // Every 503 the gateway writes says when to come back.
+            if status == 503 {
+                &[("retry-after", "1")]
+            } else {
+                &[]
+            },
         ),
     };
     let (resp, body) = match built {
@@ -312,13 +317,16 @@ fn answer(
             plain_body("service unavailable: rate limit store unavailable", id),
             &[("retry-after", "1")],
         ),
-        Refusal::NoHealthyBackend => finish(
-            req,
-            ctx,
-            status,
-            plain_body("service unavailable: no healthy backend", id),
-            &[],
-        ),
+        Refusal::NoHealthyBackend { retry_after } => {
+            let retry = retry_after.to_string();
+            finish(
+                req,
+                ctx,
+                status,
+                plain_body("service unavailable: no healthy backend", id),
+                &[("retry-after", &retry)],
+            )
+        }
         Refusal::CircuitOpen { retry_after } => {
             let retry = retry_after.to_string();
             finish(
