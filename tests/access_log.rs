@@ -73,6 +73,17 @@ async fn each_request_is_one_json_line_with_the_documented_keys() {
     assert_eq!(first["status"], 200);
     assert!(first["bytes_sent"].as_u64().unwrap() > 0);
     assert!(first["upstream_ms"].as_f64().is_some());
+    // Durations are milliseconds rounded to the microsecond: at most three decimals.
+    let text = gw.access_log();
+    let line = text
+        .lines()
+        .find(|l| l.contains("log-test-1"))
+        .expect("raw line");
+    for key in ["\"duration_ms\":", "\"upstream_ms\":"] {
+        let value = line.split(key).nth(1).unwrap().split([',', '}']).next().unwrap();
+        let decimals = value.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "{key} {value} in {line}");
+    }
     assert!(first["time"].as_str().unwrap().ends_with('Z'));
     let missing = lines.iter().find(|l| l["path"] == "/missing").unwrap();
     assert_eq!(missing["status"], 404);

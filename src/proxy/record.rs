@@ -55,8 +55,8 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
                 upstream: upstream.map(|u| config.upstream(u).name.as_str()),
                 backend,
                 status,
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
-                upstream_ms: ctx.upstream_elapsed.map(|t| t.as_secs_f64() * 1000.0),
+                duration_ms: millis(elapsed),
+                upstream_ms: ctx.upstream_elapsed.map(millis),
                 bytes_sent: session.body_bytes_sent(),
                 consumer: state.identity.as_ref().map(|i| i.consumer.as_str()),
                 tier: state
@@ -67,5 +67,24 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
                 grpc_status: ctx.grpc_answer.map(|(_, code)| code.as_str()),
             })
         });
+    }
+}
+
+/// Milliseconds with microsecond precision: `7.83`, never `7.830207000000001` (the value is
+/// the double nearest to a whole number of microseconds, which JSON prints shortest).
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn millis_have_microsecond_precision_and_print_short() {
+        let d = Duration::from_nanos(7_830_207_123);
+        assert_eq!(super::millis(d), 7830.207);
+        let json = serde_json::to_string(&super::millis(Duration::from_nanos(7_830_207))).unwrap();
+        assert_eq!(json, "7.83");
     }
 }
