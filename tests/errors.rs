@@ -39,6 +39,27 @@ async fn refused_connection_is_502_json() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pingora_error_lines_show_the_path_without_the_query() {
+    let gw = Gatehouse::start(&single(&format!("127.0.0.1:{}", free_port()), ""));
+    let resp = client()
+        .get(gw.url("/orders?api_key=s3cret-in-query"))
+        .header("x-request-id", "req-query")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    // Pingora logs the failed request with our summary: path, host, request id, no query.
+    let started = Instant::now();
+    while !gw.stderr().contains("req-query") && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = gw.stderr();
+    assert!(log.contains("GET /orders, Host: "), "{log}");
+    assert!(log.contains("request id: req-query"), "{log}");
+    assert!(!log.contains("s3cret"), "the query reached the log: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn reset_connection_is_502() {
     let gw = Gatehouse::start(&single(&resetting_backend().to_string(), ""));
     let resp = client().get(gw.url("/x")).send().await.unwrap();

@@ -250,6 +250,19 @@ impl ProxyHttp for Gateway {
         attempt::choose_peer(session, ctx).await
     }
 
+    /// The request as Pingora's own error lines show it: method, path without the query (a
+    /// query may carry credentials, such as `?api_key=`), host and request id.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, Host: {}, request id: {}",
+            req.method,
+            req.uri.path(),
+            request_host(req).unwrap_or("-"),
+            ctx.state.request_id.as_str()
+        )
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
