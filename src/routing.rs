@@ -67,8 +67,9 @@ impl MethodSet {
 pub enum RouteMatch {
     /// The matching route.
     Found(RouteId),
-    /// Some route matches everything but the method; these methods would be accepted.
-    MethodNotAllowed(MethodSet),
+    /// Some route matches everything but the method: the first such route (the one a
+    /// refusal is counted under) and the methods that would be accepted.
+    MethodNotAllowed(RouteId, MethodSet),
     /// No route matches.
     NotFound,
 }
@@ -151,6 +152,7 @@ impl Router {
     pub fn lookup(&self, req: &RequestView<'_>) -> RouteMatch {
         let host = req.host.map(strip_port);
         let mut allowed = MethodSet::default();
+        let mut first = None;
         for e in self.entries.iter() {
             if !path_matches(&e.path, req.path)
                 || !host_matches(e.host.as_ref(), host)
@@ -162,11 +164,11 @@ impl Router {
                 return RouteMatch::Found(e.index);
             }
             allowed.0 |= e.methods.0;
+            first.get_or_insert(e.index);
         }
-        if allowed.is_empty() {
-            RouteMatch::NotFound
-        } else {
-            RouteMatch::MethodNotAllowed(allowed)
+        match first {
+            Some(route) if !allowed.is_empty() => RouteMatch::MethodNotAllowed(route, allowed),
+            _ => RouteMatch::NotFound,
         }
     }
 }
@@ -294,7 +296,7 @@ upstream = "u"
 "#,
         );
         match find(&r, Method::DELETE, None, "/x") {
-            RouteMatch::MethodNotAllowed(set) => assert_eq!(set.allow_header(), "GET, POST"),
+            RouteMatch::MethodNotAllowed(_, set) => assert_eq!(set.allow_header(), "GET, POST"),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -80,7 +80,13 @@ async fn each_request_is_one_json_line_with_the_documented_keys() {
         .find(|l| l.contains("log-test-1"))
         .expect("raw line");
     for key in ["\"duration_ms\":", "\"upstream_ms\":"] {
-        let value = line.split(key).nth(1).unwrap().split([',', '}']).next().unwrap();
+        let value = line
+            .split(key)
+            .nth(1)
+            .unwrap()
+            .split([',', '}'])
+            .next()
+            .unwrap();
         let decimals = value.split('.').nth(1).map_or(0, str::len);
         assert!(decimals <= 3, "{key} {value} in {line}");
     }

@@ -64,10 +64,21 @@ upstream = "svc"
 name = "broken"
 path_prefix = "/broken"
 upstream = "gone"
+[[routes]]
+name = "readonly"
+path_prefix = "/ro"
+methods = ["GET"]
+upstream = "svc"
 "#,
             a.addr_str()
         ));
     let c = client();
+    for _ in 0..2 {
+        assert_eq!(
+            c.delete(gw.url("/ro/x")).send().await.unwrap().status(),
+            405
+        );
+    }
     for _ in 0..7 {
         assert_eq!(c.get(gw.url("/api/x")).send().await.unwrap().status(), 200);
     }
@@ -98,6 +109,17 @@ upstream = "gone"
         )
     };
     assert_eq!(requests("api", "svc", "2xx"), Some(7.0));
+    // A 405 is counted under the route whose path matched, not as "none".
+    let readonly_4xx: f64 = samples
+        .iter()
+        .filter(|s| {
+            s["name"] == "gatehouse_requests_total"
+                && s["labels"]["route"] == "readonly"
+                && s["labels"]["status"] == "4xx"
+        })
+        .filter_map(|s| s["value"].as_f64())
+        .sum();
+    assert_eq!(readonly_4xx, 2.0, "{text}");
     assert_eq!(requests("none", "none", "4xx"), Some(3.0));
     assert_eq!(requests("broken", "gone", "5xx"), Some(2.0));
     assert_eq!(

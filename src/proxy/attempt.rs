@@ -105,9 +105,12 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
         Err(Unavailable::NoHealthy) => {
             // The next health check may bring a backend back; without checks, only an operator
             // can (undrain, reload), so clients are asked to wait a little longer.
-            let retry_after = spec.health_check.as_ref().map_or(NO_CHECK_RETRY_AFTER, |h| {
-                h.interval.as_secs() + u64::from(h.interval.subsec_nanos() > 0)
-            });
+            let retry_after = spec
+                .health_check
+                .as_ref()
+                .map_or(NO_CHECK_RETRY_AFTER, |h| {
+                    h.interval.as_secs() + u64::from(h.interval.subsec_nanos() > 0)
+                });
             let retry_after = retry_after.max(1);
             return Err(Refusal::NoHealthyBackend { retry_after }.into_error());
         }

@@ -235,7 +235,11 @@ impl ProxyHttp for Gateway {
                     Err(refusal) => refusal,
                 }
             }
-            RouteMatch::MethodNotAllowed(allowed) => Refusal::MethodNotAllowed(allowed),
+            RouteMatch::MethodNotAllowed(route, allowed) => {
+                // Counted (metrics, access log) under the route whose path matched.
+                state.route = Some(route);
+                Refusal::MethodNotAllowed(allowed)
+            }
             RouteMatch::NotFound => Refusal::NotFound,
         };
         respond::refuse(session, ctx, &refusal).await?;
