@@ -81,6 +81,11 @@ fn config(backend: &TestBackend, jwks: &JwksServer) -> String {
         "require_scopes = [\"orders:read\", \"orders:write\"]",
     ));
     c.push_str(&route("hidden", "\"jwt:rsa\"", "hide_credentials = true"));
+    c.push_str(&route(
+        "either",
+        "\"jwt:hmac\", \"jwt:ec\", \"jwt:rsa\"",
+        "",
+    ));
     c.push_str("[[routes]]\nname = \"public\"\npath_prefix = \"/public\"\nupstream = \"svc\"\n");
     c
 }
@@ -321,6 +326,31 @@ async fn forged_and_confused_tokens_are_refused() {
         "c".repeat(3000)
     );
     refused(&s, "/rsa", &huge, "malformed").await;
+    // A route with several providers names the refusal of the provider the token was meant
+    // for (its algorithm and key fit), not the first provider's "algorithm not allowed".
+    refused(
+        &s,
+        "/either",
+        &sign("rsa2", Algorithm::RS256, None, &c),
+        "bad_signature",
+    )
+    .await;
+    let mut expired = claims("a");
+    expired["exp"] = serde_json::json!(jwt::now() - 3600);
+    refused(
+        &s,
+        "/either",
+        &sign("ec1", Algorithm::ES256, None, &expired),
+        "expired",
+    )
+    .await;
+    refused(
+        &s,
+        "/either",
+        &sign("rsa1", Algorithm::RS384, None, &c),
+        "algorithm_not_allowed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

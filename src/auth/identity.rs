@@ -105,6 +105,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// How much a refusal for this reason says about the credential, for choosing among the
+    /// refusals of a route's several providers: a provider that took the token as its own
+    /// (its algorithm and key fit) and then refused it on signature, time, issuer or audience
+    /// knows more than one for which the token was not meant ("algorithm not allowed").
+    pub fn specificity(self) -> u8 {
+        match self {
+            Reason::Missing => 0,
+            Reason::AlgorithmNotAllowed => 1,
+            Reason::Malformed | Reason::UnknownKey => 2,
+            Reason::BadSignature
+            | Reason::Expired
+            | Reason::NotYetValid
+            | Reason::WrongIssuer
+            | Reason::WrongAudience
+            | Reason::RevokedKey
+            | Reason::ExpiredKey
+            | Reason::InsufficientScope
+            | Reason::MissingRole => 3,
+        }
+    }
+
     /// Every reason, in label order.
     pub const ALL: [Reason; 13] = [
         Reason::Missing,

@@ -123,15 +123,16 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates a request with any of `providers` (in order). With several providers, the
-    /// first failure is reported; with no credential for any of them, [`Reason::Missing`].
+    /// Authenticates a request with any of `providers` (in order). When all refuse, the most
+    /// specific refusal is reported ([`Reason::specificity`]; the first among equals); with no
+    /// credential for any of them, [`Reason::Missing`].
     pub async fn authenticate(
         &self,
         providers: &[ProviderId],
         headers: &HeaderMap,
     ) -> Result<Arc<Identity>, Denial> {
         let bearer = bearer_token(headers);
-        let mut first_failure: Option<Denial> = None;
+        let mut refusal: Option<Denial> = None;
         for &id in providers {
             let outcome = match &self.providers[id.index()] {
                 Provider::Jwt(v) => match &bearer {
@@ -147,12 +148,17 @@ impl Authenticator {
                 Some(Ok(identity)) => return Ok(identity),
                 Some(Err(mut d)) => {
                     d.provider = Some(id);
-                    first_failure.get_or_insert(d);
+                    let more_specific = refusal
+                        .as_ref()
+                        .is_none_or(|r| d.reason.specificity() > r.reason.specificity());
+                    if more_specific {
+                        refusal = Some(d);
+                    }
                 }
                 None => {}
             }
         }
-        Err(first_failure.unwrap_or_else(|| Denial::new(Reason::Missing, "credentials required")))
+        Err(refusal.unwrap_or_else(|| Denial::new(Reason::Missing, "credentials required")))
     }
 }
 
