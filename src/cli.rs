@@ -11,8 +11,11 @@ use clap::{Parser, Subcommand};
     name = "gatehouse",
     version,
     about = "Gatehouse API gateway",
-    long_about = "Gatehouse API gateway: routing, load balancing and active health checks on \
-Cloudflare's Pingora, configured by one TOML file.\n\n\
+    long_about = "Gatehouse API gateway on Cloudflare's Pingora, configured by one TOML file: \
+routing; JWT and API-key authentication; tiered rate limits and quotas (local or shared through \
+Redis); CORS, request and response transforms, body limits and request hygiene; load balancing \
+with health checks, circuit breakers and retries; TLS, HTTP/2, gRPC and WebSockets; Prometheus \
+metrics, a JSON access log and an admin API.\n\n\
 Exit status: 0 on success (or a valid file with --test), 1 when the configuration is invalid \
 (every problem is printed as FILE:LINE:COLUMN: KEY.PATH: MESSAGE), 2 on command-line misuse.\n\n\
 Zero-downtime upgrade: start the new process with --daemon --upgrade (it waits for the old \
@@ -38,7 +41,8 @@ pub struct Cli {
     pub daemon: bool,
 
     /// Take the listening sockets over from a running gatehouse through [server] upgrade_sock
-    /// (Pingora graceful upgrade); the old process is then sent SIGQUIT.
+    /// (Pingora graceful upgrade). Nothing signals the old process: send it SIGQUIT yourself
+    /// once this one is ready (with --daemon, when this command returns).
     #[arg(short = 'u', long = "upgrade")]
     pub upgrade: bool,
 

@@ -392,3 +392,27 @@ fn http2_settings_are_checked() {
         "server.http2.max_header_list_size: max_header_list_size must be at least 1 KiB",
     );
 }
+
+#[test]
+fn help_describes_what_the_binary_does_and_that_sigquit_is_sent_by_hand() {
+    let out = std::process::Command::new(common::Gatehouse::binary())
+        .arg("--help")
+        .output()
+        .expect("gatehouse --help");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for capability in [
+        "authentication",
+        "rate limits",
+        "CORS",
+        "circuit breakers",
+        "TLS, HTTP/2, gRPC and WebSockets",
+        "admin API",
+    ] {
+        assert!(
+            text.contains(capability),
+            "--help lacks {capability}: {text}"
+        );
+    }
+    assert!(text.contains("send it SIGQUIT yourself"), "{text}");
+}

@@ -30,7 +30,7 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
@@ -290,7 +290,11 @@ impl TransportConnector {
                         }
                     }
                     Err(_) => {
-                        error!("failed to acquire reusable stream");
+                        // [gatehouse patch] Not an error: the pooled connection is still
+                        // referenced elsewhere for a moment (its idle-watch task), so a new
+                        // connection is made instead; logged at ERROR, this flooded operators'
+                        // logs after upgrades.
+                        debug!("failed to acquire reusable stream");
                         None
                     }
                 }
