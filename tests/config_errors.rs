@@ -416,3 +416,44 @@ fn help_describes_what_the_binary_does_and_that_sigquit_is_sent_by_hand() {
     }
     assert!(text.contains("send it SIGQUIT yourself"), "{text}");
 }
+
+#[test]
+fn the_rendered_configuration_is_complete_and_redacted() {
+    // What /admin/config serves: every section and every key, secrets and URL passwords
+    // redacted (the admin test checks the endpoint itself).
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/gatehouse.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("redis_url = \"redis://127.0.0.1:6379/0\""));
+    text = text.replacen(
+        "redis_url = \"redis://127.0.0.1:6379/0\"",
+        "redis_url = \"redis://:hunter2-password@127.0.0.1:6379/0\"",
+        1,
+    );
+    let config = gatehouse::config::parse(&path, &text).expect("valid");
+    let rendered = config.render();
+    let json = rendered.to_string();
+    assert!(
+        !json.contains("hunter2-password"),
+        "password leaked: {json}"
+    );
+    for section in [
+        "server",
+        "auth",
+        "rate_limit",
+        "upstreams",
+        "routes",
+        "access_log",
+    ] {
+        assert!(rendered.get(section).is_some(), "no {section}: {json}");
+    }
+    let routes = rendered["routes"].as_array().unwrap();
+    let has = |key: &str| routes.iter().any(|r| !r[key].is_null());
+    for key in ["auth", "require_roles", "rate_limit", "timeout"] {
+        assert!(has(key), "no route shows {key}: {json}");
+    }
+    let upstreams = rendered["upstreams"].as_array().unwrap();
+    let has = |key: &str| upstreams.iter().any(|u| !u[key].is_null());
+    for key in ["circuit_breaker", "retry", "max_inflight"] {
+        assert!(has(key), "no upstream shows {key}: {json}");
+    }
+}
