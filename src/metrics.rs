@@ -479,9 +479,28 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
+    ///
+    /// Series are pre-created so that the request path only increments counters it holds, but
+    /// not every pre-created series is shown: the failure reasons of `gatehouse_auth_total` (a
+    /// route × provider × 12 reasons, almost all zero forever) appear with their first count.
+    /// The rule: a series whose zero tells an operator something (successes, per-backend
+    /// gauges, rate-limit decisions per tier, requests without credentials) is exposed from
+    /// the start, so that `rate()` over it is right from the first scrape; a series that only
+    /// enumerates ways of failing is exposed once it is not zero.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        for family in &mut families {
+            if family.name() == "gatehouse_auth_total" {
+                family.mut_metric().retain(|m| {
+                    let shown_at_zero = m.get_label().iter().any(|l| {
+                        l.name() == "result" && matches!(l.value(), "success" | "missing")
+                    });
+                    shown_at_zero || m.get_counter().get_value() != 0.0
+                });
+            }
+        }
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             log::error!("metrics encoding failed: {e}");
         }
         out

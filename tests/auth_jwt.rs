@@ -616,6 +616,16 @@ async fn outcomes_are_counted_and_logged_without_credentials() {
     ] {
         assert!(metrics.contains(line), "missing {line}");
     }
+    // Failure reasons that never happened are not exposed; successes are, even at zero.
+    assert!(
+        !metrics.contains("result=\"bad_signature\",route=\"rsa\""),
+        "zero failure series exposed"
+    );
+    assert!(
+        metrics
+            .contains("gatehouse_auth_total{method=\"jwt:ec\",result=\"success\",route=\"ec\"} 0"),
+        "success series missing at zero"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = s.gw.access_log();
     let line: Value = log
