@@ -162,6 +162,10 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         HealthService::new(store.clone()),
     ));
     server.add_service(background_service(
+        "incident reports",
+        crate::services::incidents::IncidentService::new(store.clone()),
+    ));
+    server.add_service(background_service(
         "jwks refresh",
         JwksService::new(store.clone()),
     ));

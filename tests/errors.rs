@@ -40,7 +40,9 @@ async fn refused_connection_is_502_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pingora_error_lines_show_the_path_without_the_query() {
-    let gw = Gatehouse::start(&single(&format!("127.0.0.1:{}", free_port()), ""));
+    // A backend that resets the connection: Pingora logs the failed request (refused
+    // connections are logged as incidents instead, without requests).
+    let gw = Gatehouse::start(&single(&resetting_backend().to_string(), ""));
     let resp = client()
         .get(gw.url("/orders?api_key=s3cret-in-query"))
         .header("x-request-id", "req-query")
@@ -57,6 +59,34 @@ async fn pingora_error_lines_show_the_path_without_the_query() {
     assert!(log.contains("GET /orders, Host: "), "{log}");
     assert!(log.contains("request id: req-query"), "{log}");
     assert!(!log.contains("s3cret"), "the query reached the log: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_of_refusals_is_logged_as_one_incident_not_a_line_per_request() {
+    let gw = Gatehouse::start(&single(&format!("127.0.0.1:{}", free_port()), ""));
+    let c = client();
+    for _ in 0..30 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 502);
+    }
+    let log = gw.stderr();
+    let started = "incident started: upstream svc: connections to backends failing";
+    assert_eq!(log.matches(started).count(), 1, "{log}");
+    assert!(
+        !log.contains("Fail to proxy"),
+        "a line per refused request: {log}"
+    );
+    // Quiet for 10 s: the incident ends, with its count (30 requests, each tried once).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.stderr().contains("incident ended: upstream svc") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = gw.stderr();
+    assert!(
+        log.contains(
+            "incident ended: upstream svc: connections to backends failing (502/504): 30 refused"
+        ),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -274,7 +274,21 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        if incident_kind(&e).is_some() {
+            record_incident(ctx, crate::upstream::incidents::Kind::ConnectFailed);
+        }
         attempt::on_connect_failure(ctx, e)
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // A connection failure that is retried is part of an incident, logged as such.
+        incident_kind(error).is_some()
     }
 
     fn error_while_proxy(
@@ -420,6 +434,11 @@ impl ProxyHttp for Gateway {
             ctx.state.request_id = crate::request_id::RequestId::generate();
         }
         let status = respond::status_for(e);
+        match incident_kind(e) {
+            // Connection failures are counted per attempt, in `fail_to_connect`.
+            Some(crate::upstream::incidents::Kind::ConnectFailed) | None => {}
+            Some(kind) => record_incident(ctx, kind),
+        }
         respond::fail(session, ctx, e, status).await;
         ctx.failure_status = Some(status);
         FailToProxy {
@@ -430,8 +449,9 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         // A client that went away, or a client error the gateway refused, is not a gateway
-        // error; the access log still records it.
-        if Refusal::of(error).is_some_and(|r| r.status() < 500) {
+        // error; the access log still records it. Refusals that come in runs are logged as
+        // incidents (see `upstream::incidents`), not one line each.
+        if Refusal::of(error).is_some_and(|r| r.status() < 500) || incident_kind(error).is_some() {
             return true;
         }
         error.esource() == &ErrorSource::Downstream
@@ -448,6 +468,37 @@ impl ProxyHttp for Gateway {
         ctx.websocket = None;
         record::finished(&self.access_log, session, ctx);
     }
+}
+
+/// Counts a refusal of `kind` in the incidents of the request's upstream.
+fn record_incident(ctx: &RequestCtx, kind: crate::upstream::incidents::Kind) {
+    if let Some(route) = ctx.state.route {
+        let cluster = ctx.snapshot.cluster_of(route);
+        cluster
+            .state
+            .incidents
+            .record(cluster.name(), kind, crate::clock::now_ms());
+    }
+}
+
+/// The incident a failed request belongs to, if its kind comes in runs.
+fn incident_kind(e: &Error) -> Option<crate::upstream::incidents::Kind> {
+    use crate::upstream::incidents::Kind;
+    match Refusal::of(e) {
+        Some(Refusal::Overloaded) => return Some(Kind::Shedding),
+        Some(Refusal::CircuitOpen { .. }) => return Some(Kind::CircuitOpen),
+        Some(Refusal::NoHealthyBackend { .. }) => return Some(Kind::NoHealthyBackend),
+        Some(_) => return None,
+        None => {}
+    }
+    matches!(
+        e.etype(),
+        ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+    )
+    .then_some(Kind::ConnectFailed)
 }
 
 /// A 101 to a WebSocket upgrade is about to be written: the connection's guard takes over its

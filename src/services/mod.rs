@@ -7,6 +7,7 @@
 //! | service | does | domain module |
 //! |---|---|---|
 //! | [`health`] | active health check rounds; adaptive limit factors | [`crate::upstream`] |
+//! | [`incidents`] | ends quiet incidents (runs of refusals logged once) | [`crate::upstream::incidents`] |
 //! | [`jwks`] | JWKS refresh | [`crate::auth::jwks`] |
 //! | [`ratelimit`] | local key sweeps, Redis connection, lease returns | [`crate::ratelimit`] |
 //! | [`access_log`] | writes queued access log lines | [`crate::access_log`] |
@@ -14,6 +15,7 @@
 
 pub mod access_log;
 pub mod health;
+pub mod incidents;
 pub mod jwks;
 pub mod ratelimit;
 pub mod reload;

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod balance;
 pub mod breaker;
 pub mod health;
+pub mod incidents;
 pub mod traffic;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct Member {
 pub struct UpstreamState {
     /// Requests, failures and retries over the last ten seconds.
     pub traffic: traffic::Traffic,
+    /// Runs of refusals, logged as incidents rather than per request.
+    pub incidents: incidents::Incidents,
     inflight: AtomicU32,
     factor_milli: AtomicU32,
 }
@@ -59,6 +62,7 @@ impl UpstreamState {
     pub fn new() -> Arc<Self> {
         Arc::new(UpstreamState {
             traffic: traffic::Traffic::default(),
+            incidents: incidents::Incidents::default(),
             inflight: AtomicU32::new(0),
             factor_milli: AtomicU32::new(1000),
         })
