@@ -27,7 +27,8 @@ pub struct Cli {
         short = 'c',
         long = "config",
         value_name = "FILE",
-        default_value = "/etc/gatehouse/gatehouse.toml"
+        default_value = "/etc/gatehouse/gatehouse.toml",
+        global = true
     )]
     pub config: PathBuf,
 
@@ -60,6 +61,31 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Print a JWT that a configured provider accepts (signed with its HMAC secret, or with
+    /// --key for public-key providers; iss and aud from its configuration). A test tool: real
+    /// tokens come from your identity provider.
+    Token(TokenArgs),
+}
+
+/// Test-token options (`gatehouse token`).
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The JWT provider (its name in [auth.jwt.NAME]).
+    #[arg(long)]
+    pub provider: String,
+    /// Subject (`sub`, and the provider's consumer claim).
+    #[arg(long)]
+    pub sub: String,
+    /// Extra claim NAME=VALUE (repeatable); JSON values (numbers, arrays, booleans) are
+    /// taken as JSON, anything else as a string, e.g. --claim tier=pro --claim 'roles=["admin"]'.
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    pub claims: Vec<String>,
+    /// Lifetime (exp = now + TTL), e.g. 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// PEM private key, for providers that verify RSA, EC or EdDSA signatures.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 /// API key file operations.
@@ -94,10 +120,12 @@ pub enum KeysAction {
     },
 }
 
-/// Runs a maintenance command; returns the process exit code.
-pub fn run_command(command: &Command) -> u8 {
+/// Runs a maintenance command (`config` is the -c file, for commands that read it); returns
+/// the process exit code.
+pub fn run_command(command: &Command, config: &std::path::Path) -> u8 {
     use crate::config::keys_file;
     match command {
+        Command::Token(args) => token(args, config),
         Command::Keys {
             action:
                 KeysAction::New {
@@ -147,5 +175,55 @@ pub fn run_command(command: &Command) -> u8 {
                 1
             }
         },
+    }
+}
+
+/// `gatehouse token`.
+fn token(args: &TokenArgs, config: &std::path::Path) -> u8 {
+    let config = match crate::config::load(config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    let Some(spec) = config.auth.jwt().find(|j| j.name == args.provider) else {
+        let known: Vec<&str> = config.auth.jwt().map(|j| j.name.as_str()).collect();
+        eprintln!(
+            "no JWT provider \"{}\" in the configuration (known: {})",
+            args.provider,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        return 1;
+    };
+    let key = match &args.key {
+        Some(path) => match std::fs::read(path) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("cannot read {}: {e}", path.display());
+                return 1;
+            }
+        },
+        None => None,
+    };
+    let request = crate::auth::mint::Request {
+        subject: &args.sub,
+        claims: &args.claims,
+        ttl: args.ttl,
+        private_key: key.as_deref(),
+    };
+    match crate::auth::mint::mint(spec, &request) {
+        Ok(token) => {
+            println!("{token}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
     }
 }

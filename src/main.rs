@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     if let Some(command) = &cli.command {
-        return ExitCode::from(gatehouse::cli::run_command(command));
+        return ExitCode::from(gatehouse::cli::run_command(command, &cli.config));
     }
     // rustls logs every client that sends an IP address as SNI (common: wrk, some SDKs) at
     // WARN: one line per handshake is a log flood an attacker can drive, so its messages

@@ -8,6 +8,7 @@ pub mod api_key;
 pub mod identity;
 pub mod jwks;
 pub mod jwt;
+pub mod mint;
 pub mod token_cache;
 
 use std::sync::Arc;
