@@ -65,6 +65,21 @@ pub enum Command {
     /// --key for public-key providers; iss and aud from its configuration). A test tool: real
     /// tokens come from your identity provider.
     Token(TokenArgs),
+    /// Show how the configuration would treat a request, without starting a server: every
+    /// route in precedence order and why it did or did not match, the chosen route's
+    /// policies, its upstream and backends.
+    Explain {
+        /// Request header, 'Name: value' (repeatable); Host here overrides the URL's.
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Request method, e.g. GET.
+        method: String,
+        /// URL, e.g. http://api.example.com/orders/42 (or a path with -H 'Host: …').
+        url: String,
+    },
 }
 
 /// Test-token options (`gatehouse token`).
@@ -126,6 +141,12 @@ pub fn run_command(command: &Command, config: &std::path::Path) -> u8 {
     use crate::config::keys_file;
     match command {
         Command::Token(args) => token(args, config),
+        Command::Explain {
+            headers,
+            json,
+            method,
+            url,
+        } => explain(config, method, url, headers, *json),
         Command::Keys {
             action:
                 KeysAction::New {
@@ -224,6 +245,46 @@ fn token(args: &TokenArgs, config: &std::path::Path) -> u8 {
         Err(e) => {
             eprintln!("{e}");
             1
+        }
+    }
+}
+
+/// `gatehouse explain`.
+fn explain(
+    config: &std::path::Path,
+    method: &str,
+    url: &str,
+    headers: &[String],
+    json: bool,
+) -> u8 {
+    let config = match crate::config::load(config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("invalid method \"{method}\"");
+        return 2;
+    };
+    let request = crate::explain::Request {
+        method,
+        url: url.to_string(),
+        headers: headers.to_vec(),
+    };
+    match crate::explain::explain(&config, &request) {
+        Ok(v) if json => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        Ok(v) => {
+            print!("{}", crate::explain::render_text(&v));
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod bounded;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod explain;
 pub mod forwarding;
 pub mod grpc;
 pub mod hygiene;

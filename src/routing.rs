@@ -173,6 +173,55 @@ impl Router {
     }
 }
 
+/// Why a route did or did not match a request ([`Router::explain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything matches: the lookup stops here.
+    Matches,
+    /// The path does not match.
+    Path,
+    /// The host does not match (or the request has none and the route names one).
+    Host,
+    /// This required header is absent or has another value.
+    Header(usize),
+    /// Everything but the method matches.
+    Method,
+    /// Not looked at: an earlier route matched.
+    NotReached,
+}
+
+impl Router {
+    /// Every route in precedence order with why it did or did not match `req`: what
+    /// [`Router::lookup`] does, told (for `gatehouse explain`; not on the request path).
+    pub fn explain(&self, req: &RequestView<'_>) -> Vec<(RouteId, Verdict)> {
+        let host = req.host.map(strip_port);
+        let mut found = false;
+        self.entries
+            .iter()
+            .map(|e| {
+                let verdict =
+                    if found {
+                        Verdict::NotReached
+                    } else if !path_matches(&e.path, req.path) {
+                        Verdict::Path
+                    } else if !host_matches(e.host.as_ref(), host) {
+                        Verdict::Host
+                    } else if let Some(i) = e.headers.iter().position(|(name, value)| {
+                        !req.headers.get_all(name).iter().any(|v| v == value)
+                    }) {
+                        Verdict::Header(i)
+                    } else if !e.methods.contains(req.method) {
+                        Verdict::Method
+                    } else {
+                        found = true;
+                        Verdict::Matches
+                    };
+                (e.index, verdict)
+            })
+            .collect()
+    }
+}
+
 /// Whether `path` is `prefix` or continues it at a segment boundary.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {

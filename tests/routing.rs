@@ -245,3 +245,137 @@ async fn wrong_method_gets_405_with_allow() {
         .unwrap();
     assert_eq!(json(get).await["backend"], "getonly");
 }
+
+/// Runs `gatehouse explain --json -c FILE ARGS` on `config`; returns the JSON.
+fn explain(config: &str, args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(Gatehouse::binary())
+        .args(["explain", "--json", "-c"])
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("gatehouse explain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+const EXPLAINED: &str = r#"
+[auth.jwt.main]
+algorithms = ["RS256"]
+public_key_file = "tests/fixtures/keys/rsa1.pub"
+[upstreams.svc]
+backends = [{ addr = "127.0.0.1:9001", weight = 2 }, { addr = "127.0.0.1:9002" }]
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "svc"
+[[routes]]
+name = "api_v2"
+path_prefix = "/api/v2"
+upstream = "svc"
+auth = ["jwt:main"]
+require_roles = ["admin"]
+timeout = "2s"
+[[routes]]
+name = "beta"
+path_prefix = "/api"
+headers = { "x-beta" = "1" }
+priority = 10
+upstream = "svc"
+[[routes]]
+name = "exact"
+path_exact = "/api/v2/health"
+methods = ["GET"]
+upstream = "svc"
+[[routes]]
+name = "other_host"
+host = "admin.example.com"
+path_prefix = "/"
+upstream = "svc"
+"#;
+
+#[test]
+fn explain_lists_routes_in_precedence_order_with_reasons() {
+    // Paths in the file are relative to it: point the key at this repository's fixture.
+    let key = format!(
+        "{}/tests/fixtures/keys/rsa1.pub",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let config = &EXPLAINED.replace("tests/fixtures/keys/rsa1.pub", &key);
+    let v = explain(config, &["GET", "http://api.example.com/api/v2/orders"]);
+    let order: Vec<&str> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
+    // Priority first, then exact before prefix, longer prefix before shorter.
+    assert_eq!(
+        order,
+        ["beta", "exact", "api_v2", "api", "other_host"],
+        "{v}"
+    );
+    let result = |name: &str| {
+        v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == name)
+            .unwrap()["result"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(result("beta").starts_with("header x-beta: 1"), "{v}");
+    assert_eq!(result("exact"), "path does not match");
+    assert_eq!(result("api_v2"), "matches: chosen");
+    assert!(result("api").starts_with("not reached"));
+    assert_eq!(v["route"], "api_v2");
+    assert_eq!(v["policies"]["require_roles"], serde_json::json!(["admin"]));
+    assert_eq!(v["policies"]["timeout"], "2s");
+    assert_eq!(v["policies"]["auth"], serde_json::json!(["jwt:main"]));
+    assert_eq!(v["upstream"]["name"], "svc");
+    assert_eq!(v["upstream"]["backends"][0]["weight"], 2);
+
+    // The header makes the higher-priority route win.
+    let v = explain(
+        config,
+        &[
+            "-H",
+            "X-Beta: 1",
+            "GET",
+            "http://api.example.com/api/v2/orders",
+        ],
+    );
+    assert_eq!(v["route"], "beta");
+
+    // Host routing, from -H Host over the URL's.
+    let v = explain(
+        config,
+        &["-H", "Host: admin.example.com", "GET", "/anything"],
+    );
+    assert_eq!(v["route"], "other_host", "{v}");
+
+    // 405: the exact route matches all but the method (and nothing after it matches).
+    let v = explain(config, &["POST", "http://x.example.com/api/v2/health"]);
+    assert_eq!(v["route"], "api_v2", "a prefix route still takes POST: {v}");
+    let only_exact = "[upstreams.svc]\nbackends = [{ addr = \"127.0.0.1:9001\" }]\n\
+                      [[routes]]\nname = \"exact\"\npath_exact = \"/h\"\nmethods = [\"GET\"]\nupstream = \"svc\"\n";
+    let v = explain(only_exact, &["POST", "http://x/h"]);
+    assert!(v["refused"].as_str().unwrap().starts_with("405"), "{v}");
+    assert_eq!(
+        v["routes"][0]["result"],
+        "everything but the method matches"
+    );
+
+    // 404, after the path is normalised as the gateway does.
+    let v = explain(only_exact, &["GET", "http://x/a/../nothing"]);
+    assert!(v["refused"].as_str().unwrap().starts_with("404"), "{v}");
+    assert_eq!(v["request"]["path"], "/nothing");
+}
