@@ -104,8 +104,22 @@ pub fn explain(config: &Config, req: &Request) -> Result<Value, String> {
                 }
                 map.retain(|_, v| !is_unset(v));
             }
+            // A rate-limited route: the tiers a client may be in, with their limits.
+            if route.rate_limit.is_some() {
+                if let Value::Object(map) = &mut policies {
+                    map.insert(
+                        "rate_limit_tiers".into(),
+                        serde_json::to_value(&config.rate_limit.tiers).unwrap_or(Value::Null),
+                    );
+                }
+            }
+            let order: Vec<String> = policies
+                .as_object()
+                .map(|p| ordered(p).into_iter().map(str::to_string).collect())
+                .unwrap_or_default();
             json!({
                 "route": route.name,
+                "policy_order": order,
                 "policies": policies,
                 "upstream": serde_json::to_value(upstream).unwrap_or(Value::Null),
             })
@@ -123,6 +137,45 @@ pub fn explain(config: &Config, req: &Request) -> Result<Value, String> {
         o.extend(extra);
     }
     Ok(out)
+}
+
+/// The order in which a request meets a route's policies (the pipeline's order): what is set
+/// is listed in this order, then anything else the route sets.
+const POLICY_ORDER: &[&str] = &[
+    "cors",
+    "max_body",
+    "auth",
+    "hide_credentials",
+    "require_roles",
+    "require_scopes",
+    "rate_limit",
+    "rate_limit_tiers",
+    "adaptive_limit",
+    "request_headers",
+    "request_body",
+    "strip_prefix",
+    "sticky",
+    "timeout",
+    "response_headers",
+    "response_body",
+    "websocket",
+    "websocket_idle_timeout",
+];
+
+/// The keys of `policies` in the order a request meets them.
+fn ordered(policies: &serde_json::Map<String, Value>) -> Vec<&str> {
+    let mut keys: Vec<&str> = POLICY_ORDER
+        .iter()
+        .copied()
+        .filter(|k| policies.contains_key(*k))
+        .collect();
+    keys.extend(
+        policies
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !POLICY_ORDER.contains(k)),
+    );
+    keys
 }
 
 fn is_unset(v: &Value) -> bool {
@@ -211,9 +264,9 @@ pub fn render_text(v: &Value) -> String {
         v["route"].as_str().unwrap_or("?")
     ));
     if let Some(policies) = v["policies"].as_object() {
-        out.push_str("  policies:\n");
-        for (key, value) in policies {
-            out.push_str(&format!("    {key}: {value}\n"));
+        out.push_str("  policies, in the order a request meets them:\n");
+        for key in ordered(policies) {
+            out.push_str(&format!("    {key}: {}\n", policies[key]));
         }
     }
     let u = &v["upstream"];

@@ -340,6 +340,18 @@ fn explain_lists_routes_in_precedence_order_with_reasons() {
     assert_eq!(v["policies"]["require_roles"], serde_json::json!(["admin"]));
     assert_eq!(v["policies"]["timeout"], "2s");
     assert_eq!(v["policies"]["auth"], serde_json::json!(["jwt:main"]));
+    // Policies in the order a request meets them.
+    assert_eq!(
+        v["policy_order"],
+        serde_json::json!([
+            "auth",
+            "require_roles",
+            "timeout",
+            "websocket",
+            "websocket_idle_timeout"
+        ]),
+        "{v}"
+    );
     assert_eq!(v["upstream"]["name"], "svc");
     assert_eq!(v["upstream"]["backends"][0]["weight"], 2);
 
