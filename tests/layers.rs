@@ -32,7 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("snapshot", &["snapshot"]),
     ("background services", &["services"]),
     ("serving", &["proxy", "admin"]),
-    ("process", &["server", "cli"]),
+    ("process", &["server", "cli", "explain"]),
 ];
 
 /// One reference from a module to another: where it is written.
