@@ -22,7 +22,7 @@ use crate::services::access_log::AccessLogWriter;
 use crate::services::health::HealthService;
 use crate::services::jwks::JwksService;
 use crate::services::ratelimit::RateLimitService;
-use crate::services::reload::{Reloader, SighupService};
+use crate::services::reload::{Reloader, SighupService, WatchService};
 use crate::snapshot::gauges::LiveGauges;
 use crate::snapshot::{Snapshot, SnapshotStore};
 
@@ -168,6 +168,10 @@ pub fn run(config: Config, cli: &Cli) -> ! {
     server.add_service(background_service(
         "jwks refresh",
         JwksService::new(store.clone()),
+    ));
+    server.add_service(background_service(
+        "config watch",
+        WatchService::new(Arc::clone(&reloader), store.clone()),
     ));
     server.add_service(background_service(
         "rate limit upkeep",

@@ -236,3 +236,26 @@ fn invalid_keys_file_is_reported_with_its_own_position() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_watch_config_a_new_key_works_without_a_reload_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    let first = new_key(&file, "acme", &[]);
+    let backend = TestBackend::start("svc");
+    let gw = Gatehouse::builder()
+        .server("watch_config = true")
+        .start(&config(&backend, &file));
+    assert_eq!(get(&gw, "/orders", Some(&first)).await.0, 200);
+    // The keys file changes on disk: the watcher reloads it (no SIGHUP).
+    let second = new_key(&file, "acme-2", &[]);
+    let mut ok = false;
+    for _ in 0..50 {
+        if get(&gw, "/orders", Some(&second)).await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the new key was not picked up: {}", gw.stderr());
+}

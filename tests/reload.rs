@@ -255,3 +255,73 @@ async fn settings_that_need_an_upgrade_are_reported_not_ignored() {
         200
     );
 }
+
+/// Waits until `/x` is answered by `backend` (or `limit` passes); true if it was.
+async fn served_by(gw: &Gatehouse, backend: &str, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(resp) = client().get(gw.url("/x")).send().await {
+            if resp.status() == 200 && json(resp).await["backend"] == backend {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_config_reloads_on_edits_and_ignores_invalid_ones() {
+    let (blue, green) = (TestBackend::start("blue"), TestBackend::start("green"));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .server("watch_config = true")
+        .start(&routes_to("blue", &blue, &green));
+    assert!(served_by(&gw, "blue", Duration::from_secs(2)).await);
+    // An edit, no signal: the new route serves within a few polls.
+    gw.rewrite_config(&routes_to("green", &blue, &green));
+    assert!(
+        served_by(&gw, "green", Duration::from_secs(5)).await,
+        "the edit was not applied: {}",
+        gw.stderr()
+    );
+    // An invalid edit: logged and counted once, the running configuration keeps serving.
+    gw.rewrite_config(
+        &routes_to("blue", &blue, &green).replace("upstream = \"blue\"", "upstream = \"purple\""),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gw.stderr().contains("reload rejected") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gw.stderr().contains("reload rejected"), "{}", gw.stderr());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            json(client().get(gw.url("/x")).send().await.unwrap()).await["backend"],
+            "green"
+        );
+    }
+    let metrics = common::metrics_text(&gw).await;
+    assert!(
+        metrics.contains("gatehouse_config_reloads_total{result=\"failure\"} 1"),
+        "an invalid file is tried once, not on every poll: {metrics}"
+    );
+    // Fixed again: applied.
+    gw.rewrite_config(&routes_to("blue", &blue, &green));
+    assert!(served_by(&gw, "blue", Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_watch_config_edits_wait_for_a_reload() {
+    let (blue, green) = (TestBackend::start("blue"), TestBackend::start("green"));
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&routes_to("blue", &blue, &green));
+    gw.rewrite_config(&routes_to("green", &blue, &green));
+    assert!(
+        !served_by(&gw, "green", Duration::from_secs(2)).await,
+        "reloaded without being asked"
+    );
+    gw.signal("HUP");
+    assert!(served_by(&gw, "green", Duration::from_secs(3)).await);
+}

@@ -40,6 +40,8 @@ pub struct ServerSettings {
     /// Bytes of read buffer each plain client connection keeps (Pingora's L4 read buffer);
     /// 0 reads straight into the request's own buffers.
     pub read_buffer: usize,
+    /// Reload when the configuration file or a file it refers to changes on disk.
+    pub watch_config: bool,
 }
 
 /// Largest accepted `read_buffer` (plain and TLS listeners).
@@ -65,6 +67,7 @@ impl Default for ServerSettings {
             // Measured (README, memory per connection): unbuffered reads cost no CPU for small
             // or 64 KiB requests on a plain listener, and save the buffer on every connection.
             read_buffer: 0,
+            watch_config: false,
         }
     }
 }
@@ -209,6 +212,11 @@ pub fn read(r: &mut Reader<'_>, node: Option<&Node<'_, '_>>) -> ServerSettings {
     if let Some(n) = t.get("max_body") {
         if let Some(v) = r.size(&n, MAX_BODY_LIMIT) {
             s.max_body = v;
+        }
+    }
+    if let Some(n) = t.get("watch_config") {
+        if let Some(v) = r.boolean(&n) {
+            s.watch_config = v;
         }
     }
     if let Some(n) = t.get("read_buffer") {

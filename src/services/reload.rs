@@ -194,3 +194,98 @@ impl BackgroundService for SighupService {
         }
     }
 }
+
+/// Background service behind `[server] watch_config = true`: reloads when the configuration
+/// file, or a file it refers to (API keys files, JWKS files, TLS certificates and keys),
+/// changes on disk. Files are polled (modification time, size, inode) every
+/// [`WATCH_EVERY`]: that works the same for editors that rewrite in place, for atomic renames and
+/// for symlink swaps (Kubernetes ConfigMaps), with no watcher limits; a change is applied once
+/// it has been stable for one more poll (debounce), through the same path as SIGHUP, so an
+/// invalid edit is logged and counted and changes nothing (and is not retried until the files
+/// change again).
+pub struct WatchService {
+    reloader: Arc<Reloader>,
+    store: SnapshotStore,
+}
+
+/// How often watched files are looked at.
+pub const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// What the watched files look like: path, and (mtime, size, inode) when it exists.
+type Fingerprint = Vec<(PathBuf, Option<(std::time::SystemTime, u64, u64)>)>;
+
+impl WatchService {
+    /// A watcher reloading through `reloader`, watching the files of what `store` holds.
+    pub fn new(reloader: Arc<Reloader>, store: SnapshotStore) -> Self {
+        WatchService { reloader, store }
+    }
+
+    fn fingerprint(&self, config: &Config) -> Fingerprint {
+        use std::os::unix::fs::MetadataExt;
+        let mut paths = vec![self.reloader.path.clone()];
+        for p in &config.auth.providers {
+            match &p.kind {
+                config::ProviderKind::ApiKey(k) => paths.push(k.keys_file.clone()),
+                config::ProviderKind::Jwt(j) => match &j.keys {
+                    config::JwtKeys::JwksFile { path, .. }
+                    | config::JwtKeys::PublicKey { path, .. } => paths.push(path.clone()),
+                    _ => {}
+                },
+            }
+        }
+        if let Some(tls) = &config.server.tls {
+            for c in &tls.certificates {
+                paths.push(c.cert.clone());
+                paths.push(c.key.clone());
+            }
+        }
+        paths
+            .into_iter()
+            .map(|p| {
+                // Following symlinks: a swapped link target is a change.
+                let meta = std::fs::metadata(&p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
+                (p, meta)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl BackgroundService for WatchService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut applied = self.fingerprint(self.store.load().config());
+        let mut pending: Option<Fingerprint> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let snapshot = self.store.load();
+            if !snapshot.config().server.watch_config {
+                pending = None;
+                applied = self.fingerprint(snapshot.config());
+                continue;
+            }
+            let now = self.fingerprint(snapshot.config());
+            if now == applied {
+                pending = None;
+                continue;
+            }
+            if pending.as_ref() != Some(&now) {
+                // Changed since the last look: wait one more poll for the writes to settle.
+                pending = Some(now);
+                continue;
+            }
+            log::info!("configuration files changed on disk: reloading");
+            let reloader = Arc::clone(&self.reloader);
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            // The reload may have changed which files are watched: look again from there.
+            applied = self.fingerprint(self.store.load().config());
+            pending = None;
+        }
+    }
+}
