@@ -12,12 +12,12 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clap::Parser;
+use common::in_process::{fixed_backend, read_fixed_response, start_gateway};
 
 struct Counting;
 
@@ -44,60 +44,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Length: 22\r\nContent-Type: text/plain\r\n\r\nhello from the backend";
-
-/// A keep-alive backend that answers every request head with [`RESPONSE`], allocation-free.
-fn backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                let mut filled = 0;
-                loop {
-                    match conn.read(&mut buf[filled..]) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => filled += n,
-                    }
-                    while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        if conn.write_all(RESPONSE).is_err() {
-                            return;
-                        }
-                        buf.copy_within(end + 4..filled, 0);
-                        filled -= end + 4;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// Sends `request` `n` times on one keep-alive connection; every answer must be a 200.
 fn send(port: u16, request: &[u8], n: usize) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 4096];
     for _ in 0..n {
         s.write_all(request).unwrap();
-        let mut filled = 0;
-        loop {
-            let got = s.read(&mut buf[filled..]).unwrap();
-            assert!(got > 0, "connection closed");
-            filled += got;
-            // Every response from this backend ends with its fixed body.
-            if buf[..filled].ends_with(b"hello from the backend") {
-                break;
-            }
-        }
-        assert!(
-            buf.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&buf[..filled])
-        );
+        read_fixed_response(&mut s);
     }
 }
 
@@ -112,7 +65,7 @@ fn allocations_per_request(port: u16, request: &[u8]) -> f64 {
 
 #[test]
 fn allocations_per_request_stay_within_budget() {
-    let backend_port = backend();
+    let backend_port = fixed_backend();
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let secret = "allocation-test-hmac-secret-of-32-bytes";
@@ -146,21 +99,9 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
 "#,
         d = dir.path().display()
     );
-    let path = dir.path().join("gatehouse.toml");
-    std::fs::write(&path, config).unwrap();
     // SAFETY of the environment: set before any other thread of this process reads it.
     unsafe { std::env::set_var("ALLOCATION_TEST_SECRET", secret) };
-    let cli = gatehouse::cli::Cli::parse_from(["gatehouse", "-c", path.to_str().unwrap()]);
-    let loaded = gatehouse::config::load(&cli.config).expect("valid configuration");
-    std::thread::spawn(move || gatehouse::server::run(loaded, &cli));
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    start_gateway(dir.path(), &config, port);
 
     let token = common::jwt::sign_hmac(
         secret.as_bytes(),

@@ -18,9 +18,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clap::Parser;
+use common::in_process::{fixed_backend, read_fixed_response, start_gateway};
 
 struct Counting;
 
@@ -99,38 +99,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Length: 22\r\nContent-Type: text/plain\r\n\r\nhello from the backend";
-
-/// A keep-alive backend that answers every request head with [`RESPONSE`].
-fn backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                let mut filled = 0;
-                loop {
-                    match conn.read(&mut buf[filled..]) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => filled += n,
-                    }
-                    while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        if conn.write_all(RESPONSE).is_err() {
-                            return;
-                        }
-                        buf.copy_within(end + 4..filled, 0);
-                        filled -= end + 4;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// A WebSocket backend: answers every upgrade with 101 and then holds the connection, silent.
 fn ws_backend() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -157,25 +125,6 @@ fn ws_backend() -> u16 {
         }
     });
     port
-}
-
-/// Reads one response from the test backend (it always ends with its fixed body).
-fn read_response(s: &mut TcpStream) {
-    let mut buf = [0u8; 4096];
-    let mut filled = 0;
-    loop {
-        let got = s.read(&mut buf[filled..]).unwrap();
-        assert!(got > 0, "connection closed");
-        filled += got;
-        if buf[..filled].ends_with(b"hello from the backend") {
-            break;
-        }
-    }
-    assert!(
-        buf.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..filled])
-    );
 }
 
 /// What an idle connection made before going quiet.
@@ -205,7 +154,7 @@ fn open_idle(port: u16, kind: Kind) -> TcpStream {
         Kind::Http1 => {
             s.write_all(b"GET /plain HTTP/1.1\r\nHost: gw\r\nUser-Agent: memory\r\n\r\n")
                 .unwrap();
-            read_response(&mut s);
+            read_fixed_response(&mut s);
         }
         Kind::WebSocket => {
             s.write_all(
@@ -306,7 +255,7 @@ fn bytes_per_idle_connection(port: u16, n: usize, kind: Kind) -> f64 {
 
 #[test]
 fn idle_keepalive_connections_stay_within_budget() {
-    let backend_port = backend();
+    let backend_port = fixed_backend();
     let ws_port = ws_backend();
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
@@ -333,19 +282,7 @@ upstream = "ws"
 "#,
         d = dir.path().display()
     );
-    let path = dir.path().join("gatehouse.toml");
-    std::fs::write(&path, config).unwrap();
-    let cli = gatehouse::cli::Cli::parse_from(["gatehouse", "-c", path.to_str().unwrap()]);
-    let loaded = gatehouse::config::load(&cli.config).expect("valid configuration");
-    std::thread::spawn(move || gatehouse::server::run(loaded, &cli));
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    start_gateway(dir.path(), &config, port);
 
     let plain = bytes_per_idle_connection(port, 200, Kind::Http1);
     let h2c = bytes_per_idle_connection(port, 200, Kind::H2c);

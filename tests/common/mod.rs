@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod gateway;
+pub mod in_process;
 pub mod jwt;
 pub mod pki;
 pub mod python;
