@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and tests need, when missing (Debian/Ubuntu).
+# --build: only what building the gateway and running the demo need (scripts/demo.sh).
 set -euo pipefail
+build_only=false
+[ "${1:-}" = "--build" ] && build_only=true
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if $build_only; then
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from rustup first" >&2; exit 1; }
+  exit 0
+fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # faketime runs a gateway instance with a skewed clock in the rate-limit tests.
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
-command -v cc >/dev/null 2>&1 || need+=(build-essential)
-command -v curl >/dev/null 2>&1 || need+=(curl)
 # systemd-analyze verifies the shipped unit in the tests.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The CORS test drives a real headless browser.
@@ -20,7 +35,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-command -v python3 >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"; $SUDO apt-get update -qq; $SUDO apt-get install -y -qq python3 python3-pip >/dev/null; }
+python3 -m pip --version >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"; $SUDO apt-get update -qq; $SUDO apt-get install -y -qq python3-pip >/dev/null; }
 # The metrics test checks our exposition with the official Prometheus Python client's parser.
 if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   python3 -m pip install -q prometheus-client 2>/dev/null \
