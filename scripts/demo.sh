@@ -58,6 +58,9 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
 trap 'exit 130' INT TERM
 python3 scripts/demo-backend.py "$b1" one 2>>"$state/backends.log" & pids+=($!)
 python3 scripts/demo-backend.py "$b2" two 2>>"$state/backends.log" & pids+=($!)
+for addr in "$b1" "$b2"; do
+  for _ in $(seq 100); do curl -s -o /dev/null -f "http://$addr/health" && break; sleep 0.05; done
+done
 "$bin" -t -c "$conf" >/dev/null
 RUST_LOG=warn "$bin" -c "$conf" 2>"$state/gatehouse.log" & gw_pid=$!
 pids+=("$gw_pid")
@@ -74,6 +77,7 @@ live=${b1}
 cat <<TXT
 
 Gatehouse is listening on http://$gw, its admin API on http://$admin (process $gw_pid).
+Status page: open http://$admin/ in a browser, admin token $GATEHOUSE_ADMIN_TOKEN.
 Paste these into another shell, from $(pwd):
 
 # Routing and balancing: 200, path rewritten; 3:1 smooth weighted round robin; sticky by header; 405; 404

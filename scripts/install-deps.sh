@@ -49,4 +49,14 @@ for mod in grpc:grpcio websockets:websockets; do
       || python3 -m pip install -q --break-system-packages "${mod#*:}"
   fi
 done
+# The status page test drives Chromium with Playwright (tests/tools/package.json, pinned by its lock).
+if ! command -v npm >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+tools="$(dirname "$0")/../tests/tools"
+if [ ! -d "$tools/node_modules/playwright-core" ]; then
+  (cd "$tools" && npm ci --no-audit --no-fund --silent)
+fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from rustup first" >&2; exit 1; }

@@ -471,6 +471,11 @@ impl Metrics {
         must(self.registry.register(collector));
     }
 
+    /// Every metric family's current values (for the admin status summary).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// Counts a reload attempt.
     pub fn config_reload(&self, success: bool) {
         self.reloads

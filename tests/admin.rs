@@ -261,3 +261,81 @@ async fn effective_config_is_served_with_secrets_redacted() {
         "token in the process log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn summary_counts_generations_and_reloads_and_drain_takes_encoded_addresses() {
+    let a = TestBackend::start("a");
+    let b = TestBackend::start("b");
+    let gw = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .start(&body(&a, &b, false));
+    let http = client();
+    let summary = || async { json(common::admin_get(&gw, "/admin/summary").await).await };
+    // The summary needs the token like every /admin/* endpoint.
+    let anonymous = http
+        .get(gw.admin_url("/admin/summary"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    for _ in 0..3 {
+        http.get(gw.url("/svc/x")).send().await.unwrap();
+    }
+
+    let s = summary().await;
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["pid"], gw.pid());
+    assert_eq!(s["config"]["generation"], 1);
+    assert!(s["config"]["last_reload"].is_null(), "{s}");
+    let routes = s["routes"].as_array().unwrap();
+    let all = &routes[0];
+    assert_eq!(all["name"], "all");
+    assert_eq!(all["requests"], 3, "{s}");
+    assert_eq!(all["client_errors"], 0, "{s}");
+    assert_eq!(routes.last().unwrap()["name"], "none");
+    let buckets = all["latency_buckets"].as_array().unwrap();
+    assert_eq!(buckets.last().unwrap()[1], 3, "{s}");
+
+    // An applied reload: generation 2, result applied, and what needs an upgrade.
+    let mut text = std::fs::read_to_string(gw.config_path()).unwrap();
+    text = text.replace("threads = 2", "threads = 3");
+    gw.write_raw_config(&text);
+    let r = common::admin_post(&gw, "/admin/reload").await;
+    assert_eq!(r.status(), 200);
+    let s = summary().await;
+    assert_eq!(s["config"]["generation"], 2);
+    assert_eq!(s["config"]["reloads"]["success"], 1);
+    let last = &s["config"]["last_reload"];
+    assert_eq!(last["result"], "applied", "{s}");
+    assert_eq!(last["needs_upgrade"], serde_json::json!(["server.threads"]));
+    assert!(last["at"].as_f64().unwrap() >= s["started_at"].as_f64().unwrap());
+
+    // A rejected one keeps the generation and lists every error.
+    gw.write_raw_config(&text.replace("upstream = \"svc\"", "upstream = \"nope\""));
+    let r = common::admin_post(&gw, "/admin/reload").await;
+    assert_eq!(r.status(), 422);
+    let s = summary().await;
+    assert_eq!(s["config"]["generation"], 2);
+    assert_eq!(s["config"]["last_reload"]["result"], "rejected");
+    let errors = s["config"]["last_reload"]["errors"].as_array().unwrap();
+    assert!(
+        errors.len() == 1
+            && errors[0]
+                .as_str()
+                .unwrap()
+                .contains("unknown upstream \"nope\""),
+        "{s}"
+    );
+
+    // The page's drain call sends the address percent-encoded.
+    let encoded = a.addr.to_string().replace(':', "%3A");
+    let r = common::admin_post(
+        &gw,
+        &format!("/admin/upstreams/svc/backends/{encoded}/drain"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let ups = json(common::admin_get(&gw, "/admin/upstreams").await).await;
+    assert_eq!(ups["upstreams"][0]["backends"][0]["drained"], true);
+}

@@ -236,8 +236,10 @@ async fn the_route_deadline_answers_504_on_time_with_a_hanging_backend() {
     let resp = get(&gw).await;
     let took = start.elapsed();
     assert_eq!(resp.status(), 504);
+    // Not before the deadline, and long before the backends would answer (10 s); how close
+    // to 300 ms it comes depends on the machine's load, which a test cannot assert.
     assert!(
-        took >= Duration::from_millis(300) && took <= Duration::from_millis(400),
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "{took:?}"
     );
 }

@@ -1,7 +1,10 @@
 //! The admin listener (serving layer, beside the proxy): a separate Pingora listening service (so its socket is handed over on
 //! upgrade like the traffic listeners). `/health`, `/ready` and `/metrics` are open to probes;
-//! every `/admin/*` endpoint needs `Authorization: Bearer <token>`.
+//! every `/admin/*` endpoint needs `Authorization: Bearer <token>`. `GET /` is the status page
+//! (`status.html`, embedded), which asks for the token and reads `/admin/*` with it.
 
+mod page;
+mod summary;
 mod views;
 
 use std::sync::Arc;
@@ -20,6 +23,7 @@ pub struct AdminApp {
     store: SnapshotStore,
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
+    started: std::time::SystemTime,
 }
 
 impl AdminApp {
@@ -29,6 +33,7 @@ impl AdminApp {
             store,
             metrics,
             reloader,
+            started: std::time::SystemTime::now(),
         }
     }
 
@@ -71,8 +76,16 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // Segments are percent-decoded, so that a backend address may be sent encoded
+        // (`127.0.0.1%3A9001`, `%5B%3A%3A1%5D%3A80`) as the status page does.
+        let decoded: Vec<std::borrow::Cow<'_, str>> = path
+            .trim_matches('/')
+            .split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
+            .collect();
+        let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
         match (method, segments.as_slice()) {
+            (Method::GET | Method::HEAD, [""]) => page::status(),
             (Method::GET, ["health"]) => views::json(StatusCode::OK, views::health()),
             (Method::GET, ["ready"]) => views::ready(&self.store.load()),
             (Method::GET, ["metrics"]) => views::metrics(self.metrics.render()),
@@ -83,7 +96,7 @@ impl ServeHttp for AdminApp {
                 self.admin(session.req_header().method.clone(), &segments[1..])
                     .await
             }
-            (_, ["health" | "ready" | "metrics"]) => {
+            (_, ["" | "health" | "ready" | "metrics"]) => {
                 views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -101,6 +114,18 @@ impl AdminApp {
                 Method::POST,
                 ["upstreams", name, "backends", addr, action @ ("drain" | "enable")],
             ) => views::set_drained(&self.store.load(), name, addr, *action == "drain"),
+            (Method::GET, ["summary"]) => {
+                let families = self.metrics.gather();
+                views::json(
+                    StatusCode::OK,
+                    summary::summary(
+                        &self.store.load(),
+                        &families,
+                        self.reloader.last(),
+                        self.started,
+                    ),
+                )
+            }
             (Method::GET, ["config"]) => {
                 views::json(StatusCode::OK, self.store.load().config().render())
             }
@@ -124,6 +149,7 @@ impl AdminApp {
             (
                 _,
                 ["upstreams"]
+                | ["summary"]
                 | ["config"]
                 | ["reload"]
                 | ["upstreams", _, "backends", _, "drain" | "enable"],

@@ -27,6 +27,27 @@ pub enum ReloadOutcome {
     Rejected(ConfigErrors),
 }
 
+/// The result of the last reload attempt, as the admin status shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastReload {
+    /// When it was attempted.
+    #[serde(serialize_with = "unix_seconds")]
+    pub at: std::time::SystemTime,
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+    /// Every problem of a rejected file (`FILE:LINE:COL: key: message`).
+    pub errors: Vec<String>,
+    /// Changed keys of an applied file that take effect only after an upgrade.
+    pub needs_upgrade: Vec<&'static str>,
+}
+
+fn unix_seconds<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    s.serialize_f64(secs)
+}
+
 /// Re-reads the configuration file into the snapshot store.
 pub struct Reloader {
     path: PathBuf,
@@ -34,7 +55,8 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     /// The process-level settings the process started with.
     started_with: Config,
-    serial: Mutex<()>,
+    /// Serialises reloads, and holds the last one's result.
+    last: Mutex<Option<LastReload>>,
 }
 
 impl Reloader {
@@ -51,13 +73,40 @@ impl Reloader {
             store,
             metrics,
             started_with,
-            serial: Mutex::new(()),
+            last: Mutex::new(None),
         }
+    }
+
+    /// The result of the last reload attempt since the process started, if any.
+    pub fn last(&self) -> Option<LastReload> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Reloads now. Concurrent calls are serialised.
     pub fn reload(&self) -> ReloadOutcome {
-        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = self.reload_serialised();
+        *last = Some(LastReload {
+            at: std::time::SystemTime::now(),
+            result: match outcome {
+                ReloadOutcome::Applied { .. } => "applied",
+                ReloadOutcome::Rejected(_) => "rejected",
+            },
+            errors: match &outcome {
+                ReloadOutcome::Rejected(errors) => {
+                    errors.0.iter().map(ToString::to_string).collect()
+                }
+                ReloadOutcome::Applied { .. } => Vec::new(),
+            },
+            needs_upgrade: match &outcome {
+                ReloadOutcome::Applied { needs_upgrade } => needs_upgrade.clone(),
+                ReloadOutcome::Rejected(_) => Vec::new(),
+            },
+        });
+        outcome
+    }
+
+    fn reload_serialised(&self) -> ReloadOutcome {
         match config::load(&self.path) {
             Err(errors) => {
                 self.metrics.config_reload(false);

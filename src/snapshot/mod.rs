@@ -33,6 +33,8 @@ pub struct Snapshot {
     pipelines: Vec<Pipeline>,
     edge: EdgeCounters,
     certs: Option<Arc<crate::tls::CertStore>>,
+    generation: u64,
+    loaded_at: std::time::SystemTime,
 }
 
 impl Snapshot {
@@ -116,7 +118,19 @@ impl Snapshot {
                 .and_then(|t| crate::tls::CertStore::new(t).ok())
                 .map(Arc::new),
             config: Arc::new(config),
+            generation: previous.map_or(1, |p| p.generation + 1),
+            loaded_at: std::time::SystemTime::now(),
         }
+    }
+
+    /// 1 for the configuration the process started with, one more for each applied reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// When this snapshot was built.
+    pub fn loaded_at(&self) -> std::time::SystemTime {
+        self.loaded_at
     }
 
     /// The configuration this snapshot was built from.

@@ -75,11 +75,31 @@ impl Builder {
 }
 
 /// A loopback port that was free a moment ago.
+///
+/// Ports come from 20000-31999, below the kernel's ephemeral range (32768-60999), and each
+/// at most once per test process: a port the kernel hands out for `bind(:0)` (the test
+/// backends) or as a connection's source port can then never be the one a gateway is about
+/// to bind, and two gateways of parallel tests never get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start at a place that depends on the process, so that consecutive test binaries (and
+    // the processes they left in TIME_WAIT) do not walk the same ports.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % COUNT,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}-{}", FIRST + COUNT - 1)
 }
 
 fn binary() -> &'static str {
