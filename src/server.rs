@@ -8,7 +8,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::listener::EdgeApp;
 use crate::proxy::Gateway;
 use crate::services::access_log::AccessLogWriter;
+use crate::services::handover::{load_or_create_seed, HandoverService, Paths, Reader, Writer};
 use crate::services::health::HealthService;
 use crate::services::jwks::JwksService;
 use crate::services::ratelimit::RateLimitService;
@@ -67,6 +68,12 @@ pub fn run(config: Config, cli: &Cli) -> ! {
     // As a service, bootstrap runs after daemonising, so the parent is told "ready" before the
     // new process waits for the old one's sockets; the listeners depend on it.
     let bootstrap = server.bootstrap_as_a_service();
+
+    // Local rate-limit keys hash with a seed kept beside the upgrade socket, so that the new
+    // process of an upgrade can take over the old one's counters (services::handover).
+    let handover_paths = Paths::beside(&config.server.upgrade_sock);
+    crate::ratelimit::set_key_seed(load_or_create_seed(&handover_paths.seed));
+    let phases = server.watch_execution_phase();
 
     let metrics = Metrics::new();
     let store = SnapshotStore::new(Snapshot::build(config.clone(), None, &metrics));
@@ -173,6 +180,18 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         "config watch",
         WatchService::new(Arc::clone(&reloader), store.clone()),
     ));
+    let handover = Arc::new(Writer::new(store.clone(), handover_paths.handover.clone()));
+    let successor = cli.upgrade.then(|| {
+        Reader::new(
+            store.clone(),
+            handover_paths.handover.clone(),
+            std::time::SystemTime::now(),
+        )
+    });
+    server.add_service(background_service(
+        "rate limit hand-over",
+        HandoverService::new(Arc::clone(&handover), successor, phases),
+    ));
     server.add_service(background_service(
         "rate limit upkeep",
         RateLimitService::new(store),
@@ -193,7 +212,12 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         config.server.listen,
         config.admin.as_ref().map(|a| a.listen)
     );
-    server.run_forever()
+    server.run(RunArgs::default());
+    // Every request has finished: an upgrading process hands its final counters over.
+    if handover.upgrading() {
+        handover.write(true);
+    }
+    std::process::exit(0)
 }
 
 /// The downstream HTTP/2 settings, starting from Pingora's defaults.

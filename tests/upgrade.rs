@@ -119,23 +119,7 @@ async fn upgrade_under_load_loses_nothing() {
         .status()
         .unwrap();
     assert!(test.success());
-    let new_log = std::fs::File::create(old.dir().join("new.log")).unwrap();
-    let started = Command::new(Gatehouse::binary())
-        .args(["-d", "-u", "-c"])
-        .arg(&config)
-        .env("GATEHOUSE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(new_log)
-        .status()
-        .unwrap();
-    let new_pid = read_pid(&old.dir().join("gatehouse.pid"));
-    let _guard = Daemon(new_pid);
-    assert!(
-        started.success(),
-        "new process failed: {}",
-        std::fs::read_to_string(old.dir().join("new.log")).unwrap()
-    );
-    let new_pid = new_pid.expect("pid file of the new process");
+    let (_guard, new_pid) = start_successor(&old);
     assert_ne!(new_pid, old_pid);
 
     // 3. SIGQUIT the old process; load continues until it has exited.
@@ -243,4 +227,219 @@ async fn upgrade_with_an_invalid_config_fails_and_the_old_process_keeps_serving(
     }
     let health = json(client().get(old.admin_url("/health")).send().await.unwrap()).await;
     assert_eq!(health["pid"], old.pid());
+}
+
+/// Starts the new process of an upgrade of `old` (`-d -u`, as the systemd unit does), with
+/// its log in `new.log`; returns its pid, killed when the guard drops.
+fn start_successor(old: &Gatehouse) -> (Daemon, u32) {
+    let log = std::fs::File::create(old.dir().join("new.log")).unwrap();
+    let started = Command::new(Gatehouse::binary())
+        .args(["-d", "-u", "-c"])
+        .arg(old.config_path())
+        .env("GATEHOUSE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .status()
+        .unwrap();
+    let pid = read_pid(&old.dir().join("gatehouse.pid"));
+    let guard = Daemon(pid);
+    assert!(
+        started.success(),
+        "new process failed: {}",
+        std::fs::read_to_string(old.dir().join("new.log")).unwrap()
+    );
+    let pid = pid.expect("pid file of the new process");
+    assert_ne!(pid, old.pid());
+    (guard, pid)
+}
+
+/// Waits (at most 20 s) for `old` to exit after a signal.
+async fn wait_exit(old: &mut Gatehouse) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = old.exited() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "old process did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One keep-alive request on `conn`; returns (status, value of `header`).
+fn raw_get(conn: &mut std::net::TcpStream, path: &str, header: &str) -> (u16, String) {
+    use std::io::Write;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+        .unwrap();
+    let r = common::raw::read_response(conn).expect("a response");
+    (r.status, r.header(header).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_rate_limits_survive_an_upgrade() {
+    let backend = TestBackend::start("b");
+    let addr = backend.addr_str();
+    let route = |name: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"b\"\nrate_limit = {{ key = \"client_ip\", default_tier = \"{name}\" }}\n"
+        )
+    };
+    let body = format!(
+        r#"
+[rate_limit.tiers.quota]
+rps = 100
+burst = 100
+daily_quota = 5
+[rate_limit.tiers.bucket]
+rps = 0.01
+burst = 5
+[rate_limit.tiers.drain]
+rps = 100
+burst = 100
+daily_quota = 1000
+
+[upstreams.b]
+backends = [{{ addr = "{addr}" }}]
+{}{}{}"#,
+        route("quota"),
+        route("bucket"),
+        route("drain"),
+    );
+    let mut old = Gatehouse::builder()
+        .admin(Some(ADMIN_TOKEN))
+        .grace_period("2s")
+        .env("GATEHOUSE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .start(&body);
+    let http = client();
+    let base = old.url("");
+    let get = |path: &'static str| {
+        let (http, url) = (
+            http.clone(),
+            format!("{}{path}", base.trim_end_matches('/')),
+        );
+        async move { http.get(url).send().await.unwrap() }
+    };
+    // Before: the daily quota used up, the bucket down to 2 of 5 tokens.
+    for _ in 0..5 {
+        assert_eq!(get("/quota").await.status(), 200);
+    }
+    let refused = get("/quota").await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-ratelimit-daily-remaining"], "0");
+    for _ in 0..3 {
+        assert_eq!(get("/bucket").await.status(), 200);
+    }
+    let mut first = common::raw::connect(old.addr);
+    let (status, daily) = raw_get(&mut first, "/drain", "x-ratelimit-daily-remaining");
+    assert_eq!((status, daily.as_str()), (200, "999"));
+
+    let (_guard, new_pid) = start_successor(&old);
+    // A corrupt hand-over (as a crash mid-write of some other program could leave) is
+    // ignored with a warning; the real one replaces it.
+    let handover = old.dir().join("upgrade.sock.ratelimit-handover");
+    std::fs::write(&handover, b"GHRLHO01 but then garbage").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Connections the old process accepted before SIGQUIT: their requests are its to serve,
+    // whenever they come (after SIGQUIT it answers each with Connection: close).
+    let mut old_conns: Vec<_> = (0..10).map(|_| common::raw::connect(old.addr)).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    old.signal("QUIT");
+    // Admitted by the old process after SIGQUIT: 10 more.
+    for (i, conn) in old_conns.iter_mut().enumerate() {
+        let (status, daily) = raw_get(conn, "/drain", "x-ratelimit-daily-remaining");
+        assert_eq!((status, daily), (200, (998 - i).to_string()));
+    }
+    drop(old_conns);
+    assert!(wait_exit(&mut old).await.success());
+
+    // Now only the new process serves.
+    let health = json(client().get(old.admin_url("/health")).send().await.unwrap()).await;
+    assert_eq!(health["pid"], new_pid);
+    let refused = get("/quota").await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "the used-up daily quota stays used up"
+    );
+    assert_eq!(refused.headers()["x-ratelimit-daily-remaining"], "0");
+    // 2 tokens (+ 0.01/s) left: one more request leaves 1, not the 4 of a fresh bucket.
+    let r = get("/bucket").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "1");
+    assert_eq!(get("/bucket").await.status(), 200);
+    assert_eq!(get("/bucket").await.status(), 429);
+    // 1 before the upgrade + 10 during the old process's drain + this one.
+    let r = get("/drain").await;
+    assert_eq!(r.headers()["x-ratelimit-daily-remaining"], "988");
+
+    let log = std::fs::read_to_string(old.dir().join("new.log")).unwrap();
+    assert!(
+        log.contains("ignoring the rate-limit hand-over"),
+        "the corrupt file was reported:\n{log}"
+    );
+    assert!(log.contains("keys merged (final)"), "{log}");
+    assert!(!handover.exists(), "the final hand-over was consumed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_reservations_go_back_to_redis_at_shutdown() {
+    let redis = common::redis::RedisServer::start();
+    let backend = TestBackend::start("b");
+    let mut gw = Gatehouse::start(&format!(
+        r#"
+[rate_limit]
+store = "redis"
+redis_url = "{}"
+sync = "batched"
+batch_size = 10
+lease = "60s"
+
+[rate_limit.tiers.t]
+rps = 0.001
+burst = 100
+
+[upstreams.b]
+backends = [{{ addr = "{}" }}]
+
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "b"
+rate_limit = {{ key = "header:X-Client", default_tier = "t" }}
+"#,
+        redis.url(),
+        backend.addr_str()
+    ));
+    let tokens = || -> f64 {
+        let v: Option<String> =
+            redis.query(redis::cmd("HGET").arg("gatehouse:{api:h:k}").arg("tk"));
+        v.and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    };
+    // The gateway connects to Redis in the background: retry until it has reserved.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client()
+            .get(gw.url("/api/x"))
+            .header("x-client", "k")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(status, 200, "{}", r.text().await.unwrap());
+        if tokens() < 95.0 || Instant::now() > deadline {
+            break;
+        }
+    }
+    let reserved = tokens();
+    assert!((89.0..91.0).contains(&reserved), "10 reserved: {reserved}");
+    gw.signal("TERM");
+    assert!(wait_exit(&mut gw).await.success());
+    let after = tokens();
+    // Every request spent one token; the other 9 of the reservation are back.
+    assert!(
+        after > reserved + 8.5,
+        "unspent reservation given back: {reserved} -> {after}"
+    );
 }

@@ -207,6 +207,11 @@ impl Leases {
         }
     }
 
+    /// Gives back every unspent reservation now (shutdown).
+    pub async fn release_all(&self, store: &RedisStore) {
+        self.release_expired(store, u64::MAX).await;
+    }
+
     /// Leases held.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -152,6 +152,12 @@ pub fn take(state: &mut State, limits: &Limits, now_ms: u64, unix_secs: u64, wan
     }
 }
 
+/// A balance of `tokens` at `ts_ms`, refilled to `now_ms` (capped at the burst).
+pub fn refilled(tokens: f64, ts_ms: u64, limits: &Limits, now_ms: u64) -> f64 {
+    let gained = now_ms.saturating_sub(ts_ms) as f64 * limits.rps / 1000.0;
+    (tokens + gained).min(limits.burst)
+}
+
 /// Gives back `tokens` (and quota units, if still the same day/month) from an unused
 /// reservation.
 pub fn give_back(state: &mut State, limits: &Limits, tokens: u32, day: u64, month: u64) {

@@ -7,14 +7,16 @@
 pub mod batched;
 pub mod bucket;
 mod decision;
+pub mod handover;
 pub mod headers;
 pub mod local;
 pub mod redis;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::Hasher;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -53,16 +55,48 @@ struct Tier {
     headers: headers::TierCache,
 }
 
+/// The key of the local store's hash (SipHash-1-3, a specified function, so the same key hashes
+/// alike in every process and every build that shares the seed).
+pub type KeySeed = [u8; 16];
+
+static KEY_SEED: OnceLock<KeySeed> = OnceLock::new();
+
+/// Sets the process's key seed; call once, before the first limiter is built (the server does,
+/// with a seed kept beside the upgrade socket so that a graceful upgrade's new process hashes
+/// keys as the old one did and can take over its counters). Without it, a random seed is used.
+/// Returns false if a seed was already set.
+pub fn set_key_seed(seed: KeySeed) -> bool {
+    KEY_SEED.set(seed).is_ok()
+}
+
 /// Process-wide state that survives reloads: the local store, its key hasher and clock.
 pub struct Shared {
     local: LocalStore,
-    hasher: std::collections::hash_map::RandomState,
+    seed: KeySeed,
     epoch: Instant,
 }
 
 impl Shared {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The local store (for the upgrade hand-over).
+    pub fn local(&self) -> &LocalStore {
+        &self.local
+    }
+
+    /// The local store's clock: milliseconds since the store was created.
+    pub fn clock_ms(&self) -> u64 {
+        self.now_ms()
+    }
+
+    /// A fingerprint of the key seed, so that a hand-over is only merged by a process that
+    /// hashes keys the same way.
+    pub fn seed_fingerprint(&self) -> u64 {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.seed);
+        u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
     }
 }
 
@@ -71,6 +105,9 @@ pub struct Remote {
     store: Arc<RedisStore>,
     timeout: Duration,
     leases: Leases,
+    /// Set when the process shuts down: no new reservations (batched sync answers exactly),
+    /// so that what is given back at shutdown stays given back.
+    draining: AtomicBool,
 }
 
 /// The rate limiter of one snapshot: tiers and stores. Routes check through their
@@ -108,7 +145,12 @@ impl RateLimiter {
         let shared = previous.map(|p| Arc::clone(&p.shared)).unwrap_or_else(|| {
             Arc::new(Shared {
                 local: LocalStore::new(settings.max_keys, counters.evictions.clone()),
-                hasher: std::collections::hash_map::RandomState::new(),
+                seed: *KEY_SEED.get_or_init(|| {
+                    let mut seed = KeySeed::default();
+                    // Without OS randomness the seed is only predictable, not wrong.
+                    let _ = getrandom::fill(&mut seed);
+                    seed
+                }),
                 epoch: Instant::now(),
             })
         });
@@ -127,6 +169,7 @@ impl RateLimiter {
                         ),
                         timeout: settings.redis_timeout,
                         leases: Leases::new(settings.max_keys, counters.lease_evictions.clone()),
+                        draining: AtomicBool::new(false),
                     })
                 }))
             }
@@ -205,6 +248,21 @@ impl RateLimiter {
         self.tiers[tier.index()].spec.upgrade_url.as_deref()
     }
 
+    /// The process-wide local state (store, clock, seed).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops taking batched reservations (requests are then checked exactly) and gives back
+    /// every unspent one; for shutdown, so that a successor or the other instances can spend
+    /// them at once instead of after the lease.
+    pub async fn give_back_leases(&self) {
+        if let Some(remote) = &self.remote {
+            remote.draining.store(true, Ordering::Relaxed);
+            remote.leases.release_all(&remote.store).await;
+        }
+    }
+
     /// The Redis store, when configured.
     pub fn redis(&self) -> Option<&Arc<RedisStore>> {
         self.remote.as_ref().map(|r| &r.store)
@@ -250,7 +308,12 @@ impl RateLimiter {
             None => self.check_local(key, tier, limits),
             Some(remote) => {
                 let redis_key = redis_key(&self.settings.key_prefix, &route.name, client_key);
-                let shared = match self.settings.sync {
+                let sync = if remote.draining.load(Ordering::Relaxed) {
+                    SyncMode::Exact
+                } else {
+                    self.settings.sync
+                };
+                let shared = match sync {
                     SyncMode::Exact => remote
                         .store
                         .take(&redis_key, limits, 1, 0, 0, 0)
@@ -307,23 +370,35 @@ impl RateLimiter {
             .max(1)
     }
 
+    /// The local store's key: SipHash-1-3 under the process's seed of the route name and
+    /// the client key, written as explicit bytes (lengths included) so that the value does
+    /// not depend on the standard library's `Hash` impls.
     fn key_hash(&self, route: &str, key: ClientKey<'_>) -> u64 {
-        let mut h = self.shared.hasher.build_hasher();
-        route.hash(&mut h);
-        match key {
-            ClientKey::Consumer(c) => {
-                0u8.hash(&mut h);
-                c.hash(&mut h);
+        let (k0, k1) = self.shared.seed.split_at(8);
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(
+            u64::from_le_bytes(k0.try_into().unwrap_or_default()),
+            u64::from_le_bytes(k1.try_into().unwrap_or_default()),
+        );
+        h.write(&(route.len() as u64).to_le_bytes());
+        h.write(route.as_bytes());
+        let v4;
+        let v6;
+        let (kind, bytes): (u8, &[u8]) = match key {
+            ClientKey::Consumer(c) => (0, c.as_bytes()),
+            ClientKey::Header(v) => (1, v),
+            ClientKey::Ip(None) => (2, &[]),
+            ClientKey::Ip(Some(IpAddr::V4(ip))) => {
+                v4 = ip.octets();
+                (3, &v4)
             }
-            ClientKey::Header(v) => {
-                1u8.hash(&mut h);
-                v.hash(&mut h);
+            ClientKey::Ip(Some(IpAddr::V6(ip))) => {
+                v6 = ip.octets();
+                (4, &v6)
             }
-            ClientKey::Ip(ip) => {
-                2u8.hash(&mut h);
-                ip.hash(&mut h);
-            }
-        }
+        };
+        h.write_u8(kind);
+        h.write(&(bytes.len() as u64).to_le_bytes());
+        h.write(bytes);
         h.finish()
     }
 

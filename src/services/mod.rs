@@ -12,8 +12,10 @@
 //! | [`ratelimit`] | local key sweeps, Redis connection, lease returns | [`crate::ratelimit`] |
 //! | [`access_log`] | writes queued access log lines | [`crate::access_log`] |
 //! | [`reload`] | SIGHUP and admin reloads: new snapshot, swapped atomically | [`crate::snapshot`] |
+//! | [`handover`] | local rate-limit counters handed to the new process of an upgrade | [`crate::ratelimit::handover`] |
 
 pub mod access_log;
+pub mod handover;
 pub mod health;
 pub mod incidents;
 pub mod jwks;

@@ -1,6 +1,8 @@
 //! Rate-limit upkeep for the current snapshot every 250 ms: connects to Redis when needed,
 //! gives back expired and evicted batched reservations, and sweeps idle local keys every 5 s
-//! (see [`RateLimiter::upkeep`](crate::ratelimit::RateLimiter::upkeep)).
+//! (see [`RateLimiter::upkeep`](crate::ratelimit::RateLimiter::upkeep)). At shutdown (SIGTERM,
+//! or SIGQUIT once the old process stops accepting) it gives back every unspent reservation;
+//! the requests still draining are then checked exactly.
 
 use std::time::Duration;
 
@@ -29,7 +31,12 @@ impl BackgroundService for RateLimitService {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for round in 0u64.. {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // Reservations this process will not spend go back to Redis now, not
+                    // after their lease.
+                    self.store.load().ratelimit().give_back_leases().await;
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             let snapshot = self.store.load();
