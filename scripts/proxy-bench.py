@@ -2,7 +2,8 @@
 """Side-by-side proxy benchmark: nginx proxy_pass, the bare Pingora reference proxy
 (benches/bare_pingora: round robin to one backend, mimalloc, no work stealing) and Gatehouse
 (routing only; JWT HS256 + local rate limit; the same with the JSON access log on; API key +
-local rate limit), all in one run.
+local rate limit; routing with OpenTelemetry span export at sample_ratio 0 and 1, to a
+receiver on CPU 1 that accepts and discards), all in one run.
 
 Every proxy under test runs pinned to CPU 0 with one worker thread; wrk and the nginx backend
 share CPU 1. Rounds are interleaved (every case once per round) and medians reported, because
@@ -141,6 +142,8 @@ http {{
         self.backend_port = free_port()
         self.nginx_port, self.nginx_tls_port = free_port(), free_port()
         self.bare_port, self.gw_port, self.gw_log_port = free_port(), free_port(), free_port()
+        self.gw_tr0_port, self.gw_tr1_port = free_port(), free_port()
+        self.otlp_port = self.otlp_receiver()
         self.gw_tls_port = free_port()
         w = self.work
         subprocess.run(
@@ -182,12 +185,15 @@ http {{
             check=True, capture_output=True, text=True).stdout.strip()
         self.jwt = make_jwt(secret)
 
-        def config(name, port, access_log, tls):
+        def config(name, port, access_log, tls, sample_ratio=None):
             tls_section = (f'[server.tls]\nlisten = ["127.0.0.1:{self.gw_tls_port}"]\n'
                            f'[[server.tls.certificates]]\ncert = "{w}/tls.pem"\nkey = "{w}/tls.key"\n'
                            if tls else "")
             log = (f'[access_log]\npath = "{w}/{name}-access.log"\n' if access_log
                    else "[access_log]\nenabled = false\n")
+            if sample_ratio is not None:
+                log += (f'[tracing]\notlp_endpoint = "http://127.0.0.1:{self.otlp_port}"\n'
+                        f'sample_ratio = {sample_ratio:.1f}\n')
             text = f"""[server]
 listen = ["127.0.0.1:{port}"]
 threads = 1
@@ -236,10 +242,32 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
 
         self.gw_proc = config("gw", self.gw_port, False, True)
         self.gw_log_proc = config("gwlog", self.gw_log_port, True, False)
+        self.gw_tr0_proc = config("gwtr0", self.gw_tr0_port, False, False, 0.0)
+        self.gw_tr1_proc = config("gwtr1", self.gw_tr1_port, False, False, 1.0)
         for port in (self.nginx_port, self.bare_port):
             wait_up(port)
-        for port in (self.gw_port, self.gw_log_port):
+        for port in (self.gw_port, self.gw_log_port, self.gw_tr0_port, self.gw_tr1_port):
             wait_up(port, "/plain")
+
+    def otlp_receiver(self):
+        """An OTLP/HTTP endpoint on CPU 1 that reads each export and answers 200 (an empty
+        ExportTraceServiceResponse), so that the gateway's side of tracing is what is measured."""
+        port = free_port()
+        code = (
+            "import http.server, sys\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    protocol_version = 'HTTP/1.1'\n"
+            "    def do_POST(self):\n"
+            "        self.rfile.read(int(self.headers.get('Content-Length') or 0))\n"
+            "        self.send_response(200)\n"
+            "        self.send_header('Content-Type', 'application/x-protobuf')\n"
+            "        self.send_header('Content-Length', '0')\n"
+            "        self.end_headers()\n"
+            "    def log_message(self, *a): pass\n"
+            "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n")
+        self.spawn([sys.executable, "-c", code, str(port)], 1)
+        wait_up(port)
+        return port
 
     def wrk(self, url, headers=(), connections=64):
         cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}",
@@ -276,6 +304,10 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
              f"http://127.0.0.1:{self.gw_log_port}/jwt", (f"Authorization: Bearer {self.jwt}",)),
             ("gatehouse API key + rate limit", lambda: [self.gw_proc.pid],
              f"http://127.0.0.1:{self.gw_port}/apikey", (f"X-API-Key: {self.key}",)),
+            ("gatehouse routing + tracing, sample_ratio 0", lambda: [self.gw_tr0_proc.pid],
+             f"http://127.0.0.1:{self.gw_tr0_port}/plain", ()),
+            ("gatehouse routing + tracing, sample_ratio 1", lambda: [self.gw_tr1_proc.pid],
+             f"http://127.0.0.1:{self.gw_tr1_port}/plain", ()),
         ]
         results = {c[0]: ([], []) for c in cases}
         for r in range(self.args.rounds):

@@ -23,6 +23,10 @@ pub struct Entry<'a> {
     pub time: &'a str,
     /// The request id.
     pub request_id: &'a str,
+    /// W3C trace id (32 hex digits): the caller's, or a new one.
+    pub trace_id: &'a str,
+    /// The gateway's span id in that trace (16 hex digits).
+    pub span_id: &'a str,
     /// Client IP after trusted-proxy resolution.
     pub client_ip: Option<&'a str>,
     /// Request method.
@@ -205,6 +209,8 @@ mod tests {
         let entry = Entry {
             time: "2026-12-01T22:10:33.123Z",
             request_id: "id-1",
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+            span_id: "00f067aa0ba902b7",
             client_ip: Some("192.0.2.1"),
             method: "GET",
             host: Some("api.example.com"),

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | process primitives | [`clock`], [`signals`] |
 //! | configuration | [`config`] |
-//! | domain | [`bounded`], [`routing`], [`forwarding`], [`grpc`], [`hygiene`], [`tls`], [`request_id`], [`auth`], [`ratelimit`], [`upstream`], [`refusal`], [`policy`], [`access_log`] |
+//! | domain | [`bounded`], [`routing`], [`forwarding`], [`grpc`], [`hygiene`], [`tls`], [`request_id`], [`trace`], [`auth`], [`ratelimit`], [`upstream`], [`refusal`], [`policy`], [`access_log`] |
 //! | metrics registry | [`metrics`] |
 //! | snapshot | [`snapshot`] |
 //! | background services | [`services`] |
@@ -58,4 +58,5 @@ pub mod services;
 pub mod signals;
 pub mod snapshot;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

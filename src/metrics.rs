@@ -70,6 +70,7 @@ pub struct Metrics {
     jwks_last_success: IntGaugeVec,
     websockets_active: IntGaugeVec,
     websockets: IntCounterVec,
+    tracing_spans: IntCounterVec,
 }
 
 /// `gatehouse_edge_refusals_total`, by reason ([`EDGE_REASONS`]).
@@ -317,6 +318,13 @@ impl Metrics {
             ),
             &["route"],
         ));
+        let tracing_spans = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_tracing_spans_total",
+                "Spans of sampled requests, by what became of them: exported, dropped (export queue full), failed (the collector refused or did not answer).",
+            ),
+            &["result"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "Build information."),
             &["version"],
@@ -352,6 +360,7 @@ impl Metrics {
             Box::new(edge_head_timeouts.clone()),
             Box::new(websockets_active.clone()),
             Box::new(websockets.clone()),
+            Box::new(tracing_spans.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -381,6 +390,7 @@ impl Metrics {
             jwks_last_success,
             websockets_active,
             websockets,
+            tracing_spans,
         })
     }
 
@@ -469,6 +479,12 @@ impl Metrics {
     /// Registers a collector (the live gauges over the snapshot store), once.
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
         must(self.registry.register(collector));
+    }
+
+    /// The span export counters: `[exported, dropped, failed]` (pre-created at zero: with
+    /// tracing on, a zero `dropped` is worth seeing).
+    pub fn tracing_spans(&self) -> [IntCounter; 3] {
+        ["exported", "dropped", "failed"].map(|r| self.tracing_spans.with_label_values(&[r]))
     }
 
     /// Every metric family's current values (for the admin status summary).

@@ -192,6 +192,12 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         "rate limit hand-over",
         HandoverService::new(Arc::clone(&handover), successor, phases),
     ));
+    if let Some(spans) = crate::services::spans::SpanExportService::new(
+        config.tracing.clone(),
+        metrics.tracing_spans(),
+    ) {
+        server.add_service(background_service("span export", spans));
+    }
     server.add_service(background_service(
         "rate limit upkeep",
         RateLimitService::new(store),

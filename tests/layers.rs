@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "hygiene",
             "request_id",
             "tls",
+            "trace",
             "auth",
             "ratelimit",
             "upstream",

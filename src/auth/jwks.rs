@@ -19,6 +19,28 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use prometheus::{IntCounter, IntGauge};
 
+tokio::task_local! {
+    /// Set by an on-demand refetch a request waited for, when the request is traced.
+    static REFETCH: std::cell::Cell<Option<(Duration, bool)>>;
+}
+
+/// Runs `fut` (an authentication), and reports the on-demand JWKS refetch it waited for, if
+/// any: how long it waited, and whether the key was found afterwards (for the trace).
+pub async fn observe_refetch<F: std::future::Future>(
+    fut: F,
+) -> (F::Output, Option<(Duration, bool)>) {
+    REFETCH
+        .scope(std::cell::Cell::new(None), async {
+            let out = fut.await;
+            (out, REFETCH.with(|c| c.get()))
+        })
+        .await
+}
+
+fn report_refetch(took: Duration, found: bool) {
+    let _ = REFETCH.try_with(|c| c.set(Some((took, found))));
+}
+
 /// How long a request waits for an on-demand refetch.
 pub const REFETCH_WAIT: Duration = Duration::from_secs(2);
 /// Budget of one background fetch.
@@ -165,13 +187,16 @@ impl JwksSet {
         if let Some(k) = self.get(kid) {
             return Some(k);
         }
+        let waited = Instant::now();
         let seen = self.generation.load(Ordering::Acquire);
         let _one_fetch = tokio::time::timeout(REFETCH_WAIT, self.fetch_lock.lock())
             .await
             .ok()?;
         if self.generation.load(Ordering::Acquire) != seen {
             // Someone else fetched while we waited.
-            return self.get(kid);
+            let key = self.get(kid);
+            report_refetch(waited.elapsed(), key.is_some());
+            return key;
         }
         // Only on-demand refetches count against min_refetch_interval: a key rotated in just
         // after a scheduled refresh must still be fetched.
@@ -186,7 +211,9 @@ impl JwksSet {
         }
         log::info!("JWKS {}: unknown kid, refetching", self.url);
         let _ = tokio::time::timeout(REFETCH_WAIT, self.fetch_locked()).await;
-        self.get(kid)
+        let key = self.get(kid);
+        report_refetch(waited.elapsed(), key.is_some());
+        key
     }
 
     fn attempted_within(&self, d: Duration) -> bool {

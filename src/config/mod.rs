@@ -22,6 +22,7 @@ pub mod secret;
 mod ser;
 pub mod server;
 pub mod tls;
+pub mod tracing;
 pub mod transform;
 pub mod upstream;
 
@@ -72,6 +73,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Rate limiting tiers and store.
     pub rate_limit: RateLimitSettings,
+    /// Span export.
+    pub tracing: tracing::TracingSettings,
     /// Problems that do not make the file invalid (a certificate about to expire); printed by
     /// `-t` and logged when the file is loaded.
     #[serde(skip)]
@@ -161,6 +164,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
 
     let (auth, providers) = auth::read(&mut r, top.get("auth").as_ref());
     let rate_limit = rate_limit::read(&mut r, top.get("rate_limit").as_ref());
+    let tracing = tracing::read(&mut r, top.get("tracing").as_ref());
     let tiers: Vec<String> = rate_limit.tiers.iter().map(|t| t.name.clone()).collect();
     let mut upstreams = Vec::new();
     let mut declared_upstreams = Vec::new();
@@ -226,5 +230,6 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         access_log,
         auth,
         rate_limit,
+        tracing,
     })
 }

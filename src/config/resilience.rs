@@ -24,6 +24,18 @@ pub enum FailureKind {
     Status5xx,
 }
 
+impl FailureKind {
+    /// The name used in the configuration and in traces.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Reset => "reset",
+            FailureKind::Status5xx => "5xx",
+        }
+    }
+}
+
 /// A validated circuit breaker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BreakerSpec {

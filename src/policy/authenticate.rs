@@ -13,6 +13,7 @@ use super::{Phases, Policy, RequestState};
 use crate::auth::{AuthCounters, Authenticator};
 use crate::config::{ProviderId, RouteSpec};
 use crate::refusal::Refusal;
+use crate::trace::{Kind, Value};
 
 /// The authentication step of a route.
 pub struct Authenticate {
@@ -60,16 +61,48 @@ impl Policy for Authenticate {
         req: &RequestHeader,
         state: &mut RequestState,
     ) -> Result<(), Refusal> {
-        match self.auth.authenticate(&self.providers, &req.headers).await {
+        let span = state.trace.open("auth", Kind::Internal);
+        let result = if span.is_some() {
+            // A JWKS refetch the check waits for becomes a child span of this one.
+            let (result, refetch) = crate::auth::jwks::observe_refetch(
+                self.auth.authenticate(&self.providers, &req.headers),
+            )
+            .await;
+            if let (Some(parent), Some((took, ok))) = (span, refetch) {
+                state.trace.record_child(
+                    parent,
+                    "jwks refetch",
+                    took,
+                    vec![("jwks.refetch.ok", Value::Bool(ok))],
+                );
+            }
+            result
+        } else {
+            self.auth.authenticate(&self.providers, &req.headers).await
+        };
+        match result {
             Ok(identity) => {
                 if self.counts_success {
                     self.counters.record(Some(identity.provider), None);
                 }
+                state.trace.close(
+                    span,
+                    [
+                        ("auth.method", Value::Str(identity.method.clone())),
+                        ("consumer", Value::Str(identity.consumer.clone())),
+                    ],
+                    None,
+                );
                 state.identity = Some(identity);
                 Ok(())
             }
             Err(denial) => {
                 self.counters.record(denial.provider, Some(denial.reason));
+                state.trace.close(
+                    span,
+                    [("auth.result", Value::Static(denial.reason.as_str()))],
+                    Some(denial.reason.as_str().to_string()),
+                );
                 Err(Refusal::Denied(denial))
             }
         }

@@ -131,6 +131,8 @@ pub struct RequestState {
     /// Set while the gateway writes a response of its own (a refusal or a proxy failure):
     /// response policies that act on upstream bodies leave it alone.
     pub gateway_response: bool,
+    /// The request's trace context (and its spans, when sampled and exported).
+    pub trace: crate::trace::RequestTrace,
 }
 
 /// What body transformations keep between chunks.

@@ -10,6 +10,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use super::{Phases, Policy, RequestState};
 use crate::ratelimit::{RateLimiter, RouteLimiter};
 use crate::refusal::Refusal;
+use crate::trace::{Kind, Value};
 use crate::upstream::UpstreamState;
 
 /// The rate-limit step of a route.
@@ -43,6 +44,7 @@ impl Policy for RateLimit {
         state: &mut RequestState,
     ) -> Result<(), Refusal> {
         let factor = self.adaptive.as_ref().map_or(1.0, |u| u.factor());
+        let span = state.trace.open("rate_limit", Kind::Internal);
         let decision = self
             .limiter
             .check(
@@ -53,6 +55,22 @@ impl Policy for RateLimit {
                 factor,
             )
             .await;
+        if span.is_some() {
+            state.trace.close(
+                span,
+                [
+                    ("ratelimit.store", Value::Static(self.limiter.store_name())),
+                    (
+                        "ratelimit.tier",
+                        Value::Str(self.limiter.tier_name(decision.tier).to_string()),
+                    ),
+                    ("ratelimit.allowed", Value::Bool(decision.allowed)),
+                ],
+                decision
+                    .store_unavailable
+                    .then(|| "rate-limit store unavailable".to_string()),
+            );
+        }
         if decision.store_unavailable {
             // on_store_error = allow / deny: there is no state worth reporting in headers.
             return if decision.allowed {

@@ -130,6 +130,15 @@ pub async fn choose_peer(session: &mut Session, ctx: &mut RequestCtx) -> Result<
     ctx.inflight = Some(InflightGuard::new(&member.state));
     ctx.backend = Some(i);
     ctx.upstream_started.get_or_insert_with(Instant::now);
+    if ctx.state.trace.recording() {
+        use crate::trace::Value;
+        ctx.state.trace.open_attempt(vec![
+            ("upstream", Value::Str(spec.name.clone())),
+            ("server.address", Value::Str(member.addr.ip().to_string())),
+            ("server.port", Value::Int(i64::from(member.addr.port()))),
+            ("attempt", Value::Int(i64::from(ctx.attempts))),
+        ]);
+    }
     let mut peer = Box::new(member.peer.clone());
     if spec.protocol != crate::config::Protocol::Http1
         && crate::policy::protocols::is_websocket_upgrade(session.req_header())
@@ -191,6 +200,7 @@ fn deadline_left(ctx: &RequestCtx) -> bool {
 /// another backend.
 pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     let kind = classify(&e);
+    trace_failure(ctx, kind, &e);
     record(ctx, Some(kind));
     let retry = match ctx.state.route {
         Some(route) => {
@@ -220,6 +230,7 @@ pub fn on_proxy_error(
     client_reused: bool,
 ) -> Box<Error> {
     // A body transformed while it streamed was sent as it ended: it cannot be sent again.
+    trace_failure(ctx, classify(&e), &e);
     let replayable = !session.as_ref().retry_buffer_truncated() && !ctx.state.body_not_replayable;
     let idempotent = session.req_header().method.is_idempotent();
     if replayable && idempotent {
@@ -245,6 +256,16 @@ pub fn on_proxy_error(
     }) && spend_budget(ctx, kind);
     e.set_retry(retry);
     e
+}
+
+/// Ends the attempt's span (when traced) with what went wrong.
+fn trace_failure(ctx: &mut RequestCtx, kind: FailureKind, e: &Error) {
+    if ctx.state.trace.recording() {
+        ctx.state.trace.close_attempt(
+            vec![("error.type", crate::trace::Value::Static(kind.as_str()))],
+            Some(e.to_string()),
+        );
+    }
 }
 
 fn spend_budget(ctx: &RequestCtx, kind: FailureKind) -> bool {

@@ -37,7 +37,7 @@ use crate::refusal::Refusal;
 use crate::routing::{RequestView, RouteMatch};
 use crate::snapshot::SnapshotStore;
 use ctx::RequestCtx;
-use respond::{REQUEST_ID, REQUEST_ID_NAME};
+use respond::{REQUEST_ID, REQUEST_ID_NAME, TRACEPARENT, TRACESTATE};
 
 /// The gateway: serves a listener service, reading the current snapshot per request.
 pub struct Gateway {
@@ -197,6 +197,11 @@ impl ProxyHttp for Gateway {
             // Shared bytes: the copies up and down cost no allocation.
             _ => Some(crate::forwarding::shared_value(state.request_id)),
         };
+        state.trace = crate::trace::RequestTrace::start(
+            req.headers.get(TRACEPARENT).map(HeaderValue::as_bytes),
+            snapshot.config().tracing.sample_ratio,
+            crate::trace::export::exporting(),
+        );
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -335,6 +340,19 @@ impl ProxyHttp for Gateway {
             REQUEST_ID,
             ctx.state.request_id_value(),
         );
+        let trace = &ctx.state.trace;
+        upstream_request.insert_header(
+            TRACEPARENT,
+            crate::trace::context::traceparent(
+                &trace.trace_id,
+                &trace.upstream_parent(),
+                trace.sampled,
+            ),
+        )?;
+        if trace.invalid_parent {
+            // A tracestate belongs to the traceparent it came with.
+            upstream_request.remove_header(&TRACESTATE);
+        }
         Ok(())
     }
 
@@ -347,8 +365,17 @@ impl ProxyHttp for Gateway {
         if ctx.upstream_elapsed.is_none() {
             ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         }
-        let failure =
-            (resp.status.as_u16() >= 500).then_some(crate::config::FailureKind::Status5xx);
+        let status = resp.status.as_u16();
+        if ctx.state.trace.recording() {
+            ctx.state.trace.close_attempt(
+                vec![(
+                    "http.response.status_code",
+                    crate::trace::Value::Int(i64::from(status)),
+                )],
+                (status >= 500).then(|| format!("HTTP {status}")),
+            );
+        }
+        let failure = (status >= 500).then_some(crate::config::FailureKind::Status5xx);
         attempt::record(ctx, failure);
         Ok(())
     }
@@ -467,6 +494,15 @@ impl ProxyHttp for Gateway {
         ctx.slot = None;
         ctx.websocket = None;
         record::finished(&self.access_log, session, ctx);
+        if ctx.state.trace.recording() {
+            let status = ctx
+                .grpc_answer
+                .map(|(status, _)| status)
+                .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+                .or(ctx.failure_status)
+                .unwrap_or(0);
+            record::export_trace(session, ctx, status);
+        }
     }
 }
 

@@ -43,10 +43,13 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
         let client_ip = state
             .client_ip
             .map(|ip| std::str::from_utf8(ip_text.write(ip)).unwrap_or(""));
+        let (trace_id, span_id) = (state.trace.trace_id.hex(), state.trace.span_id.hex());
         access_log::Clock::with_now(|time| {
             access_log.log(&access_log::Entry {
                 time,
                 request_id: state.request_id.as_str(),
+                trace_id: std::str::from_utf8(&trace_id).unwrap_or(""),
+                span_id: std::str::from_utf8(&span_id).unwrap_or(""),
                 client_ip,
                 method: req.method.as_str(),
                 host: request_host(req),
@@ -68,6 +71,89 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
             })
         });
     }
+}
+
+/// Queues a sampled request's spans for export: the server span gets the HTTP semantic
+/// convention attributes and the gateway's own (`route`, `upstream`, `backend`, `consumer`).
+pub fn export_trace(session: &Session, ctx: &mut RequestCtx, status: u16) {
+    use crate::trace::Value;
+    if !ctx.state.trace.recording() {
+        return;
+    }
+    ctx.state.trace.close_attempt(Vec::new(), None);
+    let snapshot = std::sync::Arc::clone(&ctx.snapshot);
+    let config = snapshot.config();
+    let state = &mut ctx.state;
+    let req = session.req_header();
+    let route = state.route.map(|r| config.route(r).name.as_str());
+    let upstream = state.route.map(|r| snapshot.upstream_of(r));
+    let mut attributes = vec![
+        (
+            "http.request.method",
+            Value::Str(req.method.as_str().to_string()),
+        ),
+        ("url.path", Value::Str(req.uri.path().to_string())),
+        (
+            "url.scheme",
+            Value::Static(if state.tls { "https" } else { "http" }),
+        ),
+        ("http.response.status_code", Value::Int(i64::from(status))),
+        (
+            "network.protocol.version",
+            Value::Static(match req.version {
+                http::Version::HTTP_2 => "2",
+                http::Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            }),
+        ),
+    ];
+    if let Some(host) = request_host(req) {
+        attributes.push(("server.address", Value::Str(host.to_string())));
+    }
+    if let Some(ip) = state.client_ip {
+        attributes.push(("client.address", Value::Str(ip.to_string())));
+    }
+    if let Some(ua) = req
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attributes.push(("user_agent.original", Value::Str(ua.to_string())));
+    }
+    if let Some(r) = route {
+        attributes.push(("route", Value::Str(r.to_string())));
+    }
+    if let Some(u) = upstream {
+        attributes.push(("upstream", Value::Str(config.upstream(u).name.clone())));
+        if let Some(b) = ctx.backend {
+            let addr = &snapshot.clusters()[u.index()].members()[b].addr_text;
+            attributes.push(("backend", Value::Str(addr.to_string())));
+        }
+    }
+    if let Some(id) = &state.identity {
+        attributes.push(("consumer", Value::Str(id.consumer.clone())));
+    }
+    attributes.push((
+        "request_id",
+        Value::Str(state.request_id.as_str().to_string()),
+    ));
+    let name = match route {
+        Some(r) => format!("{} {r}", req.method),
+        None => req.method.to_string(),
+    };
+    let error = (status >= 500 || status == 0).then(|| format!("HTTP {status}"));
+    let trace = std::mem::take(&mut state.trace);
+    let end = trace
+        .recording
+        .as_ref()
+        .map_or_else(Default::default, |r| r.started.elapsed());
+    crate::trace::export::submit(crate::trace::export::FinishedTrace {
+        trace,
+        end,
+        name,
+        attributes,
+        error,
+    });
 }
 
 /// Milliseconds with microsecond precision: `7.83`, never `7.830207000000001` (the value is

@@ -23,6 +23,10 @@ use crate::refusal::Refusal;
 pub const REQUEST_ID: &str = "x-request-id";
 /// The same, as a header name.
 pub const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID);
+/// W3C Trace Context headers.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// See [`TRACEPARENT`].
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// The status for a failure, or 0 when the client is gone and nothing can be written.
 pub fn status_for(e: &Error) -> u16 {

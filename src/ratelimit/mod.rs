@@ -248,6 +248,15 @@ impl RateLimiter {
         self.tiers[tier.index()].spec.upgrade_url.as_deref()
     }
 
+    /// The store's name for traces: `local`, `redis` or `redis_batched`.
+    pub fn store_name(&self) -> &'static str {
+        match (&self.remote, self.settings.sync) {
+            (None, _) => "local",
+            (Some(_), SyncMode::Exact) => "redis",
+            (Some(_), SyncMode::Batched) => "redis_batched",
+        }
+    }
+
     /// The process-wide local state (store, clock, seed).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared

@@ -12,6 +12,7 @@
 //! | [`ratelimit`] | local key sweeps, Redis connection, lease returns | [`crate::ratelimit`] |
 //! | [`access_log`] | writes queued access log lines | [`crate::access_log`] |
 //! | [`reload`] | SIGHUP and admin reloads: new snapshot, swapped atomically | [`crate::snapshot`] |
+//! | [`spans`] | exports sampled requests' spans over OTLP/HTTP | [`crate::trace`] |
 //! | [`handover`] | local rate-limit counters handed to the new process of an upgrade | [`crate::ratelimit::handover`] |
 
 pub mod access_log;
@@ -21,3 +22,4 @@ pub mod incidents;
 pub mod jwks;
 pub mod ratelimit;
 pub mod reload;
+pub mod spans;

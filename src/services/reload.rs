@@ -163,6 +163,19 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.http2 != b.http2 {
         changed.push("server.http2");
     }
+    let export = |c: &Config| {
+        let t = &c.tracing;
+        (
+            t.otlp_endpoint.clone(),
+            t.service_name.clone(),
+            t.max_queue,
+            t.export_timeout,
+        )
+    };
+    if export(old) != export(new) {
+        // The exporter is built at start; sample_ratio applies on reload.
+        changed.push("tracing (all but sample_ratio)");
+    }
     if a.read_buffer != b.read_buffer {
         changed.push("server.read_buffer");
     }

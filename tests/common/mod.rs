@@ -7,6 +7,7 @@ pub mod backend;
 pub mod gateway;
 pub mod in_process;
 pub mod jwt;
+pub mod otlp;
 pub mod pki;
 pub mod python;
 pub mod raw;
