@@ -85,24 +85,28 @@ impl Policy for Authenticate {
                 if self.counts_success {
                     self.counters.record(Some(identity.provider), None);
                 }
-                state.trace.close(
-                    span,
-                    [
-                        ("auth.method", Value::Str(identity.method.clone())),
-                        ("consumer", Value::Str(identity.consumer.clone())),
-                    ],
-                    None,
-                );
+                if span.is_some() {
+                    state.trace.close(
+                        span,
+                        [
+                            ("auth.method", Value::Str(identity.method.clone())),
+                            ("consumer", Value::Str(identity.consumer.clone())),
+                        ],
+                        None,
+                    );
+                }
                 state.identity = Some(identity);
                 Ok(())
             }
             Err(denial) => {
                 self.counters.record(denial.provider, Some(denial.reason));
-                state.trace.close(
-                    span,
-                    [("auth.result", Value::Static(denial.reason.as_str()))],
-                    Some(denial.reason.as_str().to_string()),
-                );
+                if span.is_some() {
+                    state.trace.close(
+                        span,
+                        [("auth.result", Value::Static(denial.reason.as_str()))],
+                        Some(denial.reason.as_str().to_string()),
+                    );
+                }
                 Err(Refusal::Denied(denial))
             }
         }

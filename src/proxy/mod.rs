@@ -341,14 +341,15 @@ impl ProxyHttp for Gateway {
             ctx.state.request_id_value(),
         );
         let trace = &ctx.state.trace;
-        upstream_request.insert_header(
-            TRACEPARENT,
+        upstream_request.insert_header_static(
+            &TRACEPARENT,
+            "traceparent",
             crate::trace::context::traceparent(
                 &trace.trace_id,
                 &trace.upstream_parent(),
                 trace.sampled,
             ),
-        )?;
+        );
         if trace.invalid_parent {
             // A tracestate belongs to the traceparent it came with.
             upstream_request.remove_header(&TRACESTATE);
