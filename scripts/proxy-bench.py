@@ -2,8 +2,9 @@
 """Side-by-side proxy benchmark: nginx proxy_pass, the bare Pingora reference proxy
 (benches/bare_pingora: round robin to one backend, mimalloc, no work stealing) and Gatehouse
 (routing only; JWT HS256 + local rate limit; the same with the JSON access log on; API key +
-local rate limit; routing with OpenTelemetry span export at sample_ratio 0 and 1, to a
-receiver on CPU 1 that accepts and discards), all in one run.
+local rate limit; OAuth2 introspection + local rate limit with the token's answer cached (an
+endpoint on CPU 1 answers the first call); routing with OpenTelemetry span export at
+sample_ratio 0 and 1, to a receiver on CPU 1 that accepts and discards), all in one run.
 
 Every proxy under test runs pinned to CPU 0 with one worker thread; wrk and the nginx backend
 share CPU 1. Rounds are interleaved (every case once per round) and medians reported, because
@@ -144,6 +145,7 @@ http {{
         self.bare_port, self.gw_port, self.gw_log_port = free_port(), free_port(), free_port()
         self.gw_tr0_port, self.gw_tr1_port = free_port(), free_port()
         self.otlp_port = self.otlp_receiver()
+        self.introspection_port = self.introspection_endpoint()
         self.gw_tls_port = free_port()
         w = self.work
         subprocess.run(
@@ -202,6 +204,11 @@ upgrade_sock = "{w}/{name}.sock"
 {tls_section}{log}
 [auth.api_keys.k]
 keys_file = "{w}/keys.toml"
+[auth.introspection.i]
+url = "http://127.0.0.1:{self.introspection_port}/introspect"
+client_id = "bench"
+client_secret_env = "BENCH_SECRET"
+tier_claim = "tier"
 [auth.jwt.j]
 algorithms = ["HS256"]
 secret_env = "BENCH_SECRET"
@@ -233,6 +240,12 @@ path_prefix = "/jwt"
 upstream = "b"
 auth = ["jwt:j"]
 rate_limit = {{ key = "consumer", default_tier = "big" }}
+[[routes]]
+name = "introspect"
+path_prefix = "/introspect"
+upstream = "b"
+auth = ["introspection:i"]
+rate_limit = {{ key = "consumer", default_tier = "big" }}
 """
             path = f"{w}/{name}.toml"
             with open(path, "w") as f:
@@ -248,6 +261,31 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
             wait_up(port)
         for port in (self.gw_port, self.gw_log_port, self.gw_tr0_port, self.gw_tr1_port):
             wait_up(port, "/plain")
+
+    def introspection_endpoint(self):
+        """An RFC 7662 endpoint on CPU 1: every token is active for an hour (the gateway asks
+        once per token and then answers from its cache)."""
+        port = free_port()
+        code = (
+            "import http.server, json, sys, time\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    protocol_version = 'HTTP/1.1'\n"
+            "    def do_POST(self):\n"
+            "        self.rfile.read(int(self.headers.get('Content-Length') or 0))\n"
+            "        body = json.dumps({'active': True, 'sub': 'bench', 'tier': 'big',\n"
+            "                           'exp': int(time.time()) + 3600}).encode()\n"
+            "        self.send_response(200)\n"
+            "        self.send_header('Content-Type', 'application/json')\n"
+            "        self.send_header('Content-Length', str(len(body)))\n"
+            "        self.end_headers()\n"
+            "        self.wfile.write(body)\n"
+            "    def do_GET(self):\n"
+            "        self.do_POST()\n"
+            "    def log_message(self, *a): pass\n"
+            "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n")
+        self.spawn([sys.executable, "-c", code, str(port)], 1)
+        wait_up(port)
+        return port
 
     def otlp_receiver(self):
         """An OTLP/HTTP endpoint on CPU 1 that reads each export and answers 200 (an empty
@@ -304,6 +342,9 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
              f"http://127.0.0.1:{self.gw_log_port}/jwt", (f"Authorization: Bearer {self.jwt}",)),
             ("gatehouse API key + rate limit", lambda: [self.gw_proc.pid],
              f"http://127.0.0.1:{self.gw_port}/apikey", (f"X-API-Key: {self.key}",)),
+            ("gatehouse introspection (cached) + rate limit", lambda: [self.gw_proc.pid],
+             f"http://127.0.0.1:{self.gw_port}/introspect",
+             ("Authorization: Bearer opaque-bench-token",)),
             ("gatehouse routing + tracing, sample_ratio 0", lambda: [self.gw_tr0_proc.pid],
              f"http://127.0.0.1:{self.gw_tr0_port}/plain", ()),
             ("gatehouse routing + tracing, sample_ratio 1", lambda: [self.gw_tr1_proc.pid],

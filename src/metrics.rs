@@ -71,6 +71,7 @@ pub struct Metrics {
     websockets_active: IntGaugeVec,
     websockets: IntCounterVec,
     tracing_spans: IntCounterVec,
+    introspection: IntCounterVec,
 }
 
 /// `gatehouse_edge_refusals_total`, by reason ([`EDGE_REASONS`]).
@@ -318,6 +319,13 @@ impl Metrics {
             ),
             &["route"],
         ));
+        let introspection = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_introspection_requests_total",
+                "Calls to token introspection endpoints, by provider and what they said: active, inactive, error (no usable answer).",
+            ),
+            &["provider", "result"],
+        ));
         let tracing_spans = must(IntCounterVec::new(
             Opts::new(
                 "gatehouse_tracing_spans_total",
@@ -361,6 +369,7 @@ impl Metrics {
             Box::new(websockets_active.clone()),
             Box::new(websockets.clone()),
             Box::new(tracing_spans.clone()),
+            Box::new(introspection.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -391,6 +400,7 @@ impl Metrics {
             websockets_active,
             websockets,
             tracing_spans,
+            introspection,
         })
     }
 
@@ -525,6 +535,21 @@ impl Metrics {
             log::error!("metrics encoding failed: {e}");
         }
         out
+    }
+}
+
+impl crate::auth::ProviderMetrics for Metrics {
+    fn jwks(&self, provider: &str) -> JwksMetrics {
+        Metrics::jwks(self, provider)
+    }
+
+    fn introspection(&self, provider: &str) -> crate::auth::introspection::IntrospectionCounters {
+        let c = |result| self.introspection.with_label_values(&[provider, result]);
+        crate::auth::introspection::IntrospectionCounters {
+            active: c("active"),
+            inactive: c("inactive"),
+            error: c("error"),
+        }
     }
 }
 

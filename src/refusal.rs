@@ -163,6 +163,7 @@ impl Refusal {
             Refusal::CorsDenied(_) => 403,
             Refusal::MethodNotAllowed(_) => 405,
             Refusal::Denied(d) if d.reason.is_forbidden() => 403,
+            Refusal::Denied(d) if d.reason == crate::auth::Reason::Unavailable => 503,
             Refusal::Denied(_) => 401,
             Refusal::RateLimited(_) => 429,
             Refusal::RateLimitStoreUnavailable

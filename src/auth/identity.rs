@@ -102,6 +102,13 @@ pub enum Reason {
     InsufficientScope,
     /// Authenticated, but none of the required roles is held (403).
     MissingRole,
+    /// The introspection endpoint says the token is not active (revoked, expired, unknown).
+    Inactive,
+    /// The token could not be checked (introspection endpoint down, slow or refusing) and the
+    /// provider answers 503 for that (`on_error = "unavailable"`).
+    Unavailable,
+    /// The same, with `on_error = "deny"` (401).
+    Unverified,
 }
 
 impl Reason {
@@ -122,12 +129,16 @@ impl Reason {
             | Reason::RevokedKey
             | Reason::ExpiredKey
             | Reason::InsufficientScope
-            | Reason::MissingRole => 3,
+            | Reason::MissingRole
+            | Reason::Inactive => 3,
+            // Says nothing about the credential, but must not be hidden behind a weaker
+            // provider's "not for me" (an operator has to see the endpoint is down).
+            Reason::Unavailable | Reason::Unverified => 2,
         }
     }
 
     /// Every reason, in label order.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::BadSignature,
@@ -141,6 +152,9 @@ impl Reason {
         Reason::ExpiredKey,
         Reason::InsufficientScope,
         Reason::MissingRole,
+        Reason::Inactive,
+        Reason::Unavailable,
+        Reason::Unverified,
     ];
 
     /// The reason as sent in bodies and metric labels.
@@ -159,6 +173,9 @@ impl Reason {
             Reason::ExpiredKey => "expired_key",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::MissingRole => "missing_role",
+            Reason::Inactive => "inactive_token",
+            Reason::Unavailable => "unavailable",
+            Reason::Unverified => "unverified",
         }
     }
 

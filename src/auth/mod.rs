@@ -6,6 +6,7 @@
 
 pub mod api_key;
 pub mod identity;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod mint;
@@ -51,6 +52,15 @@ pub const CLIENT_CERT_SUBJECT: http::HeaderName =
 enum Provider {
     Jwt(jwt::JwtVerifier),
     ApiKey(api_key::ApiKeyStore),
+    Introspection(Arc<introspection::Introspector>),
+}
+
+/// Where providers get their metric handles (the metrics registry implements it).
+pub trait ProviderMetrics {
+    /// A JWKS provider's handles.
+    fn jwks(&self, provider: &str) -> JwksMetrics;
+    /// An introspection provider's call counters.
+    fn introspection(&self, provider: &str) -> introspection::IntrospectionCounters;
 }
 
 /// Every provider of a snapshot, indexed by [`ProviderId`].
@@ -61,12 +71,13 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Builds verifiers and key indexes; JWKS sets are carried over from `previous` when the
-    /// provider and URL are unchanged (keys already fetched stay). `jwks_metrics` gives the
-    /// metric handles of a new JWKS provider.
+    /// provider and URL are unchanged (keys already fetched stay), and introspection
+    /// providers (with their caches) when their settings are. `metrics` gives the metric
+    /// handles of new providers.
     pub fn new(
         config: &Config,
         previous: Option<&Authenticator>,
-        jwks_metrics: impl Fn(&str) -> JwksMetrics,
+        metrics: &dyn ProviderMetrics,
     ) -> Self {
         let mut providers = Vec::new();
         let mut jwks = Vec::new();
@@ -94,7 +105,7 @@ impl Authenticator {
                                     url,
                                     *refresh,
                                     *min_refetch_interval,
-                                    jwks_metrics(&spec.name),
+                                    metrics.jwks(&spec.name),
                                 ),
                             };
                             jwks.push(Arc::clone(&set));
@@ -105,6 +116,25 @@ impl Authenticator {
                     Provider::Jwt(jwt::JwtVerifier::new(id, spec, set))
                 }
                 ProviderKind::ApiKey(spec) => Provider::ApiKey(api_key::ApiKeyStore::new(id, spec)),
+                ProviderKind::Introspection(spec) => {
+                    let kept = previous.and_then(|p| {
+                        p.providers.iter().find_map(|q| match q {
+                            Provider::Introspection(i)
+                                if i.spec() == spec && p_index(p, i) == Some(id) =>
+                            {
+                                Some(Arc::clone(i))
+                            }
+                            _ => None,
+                        })
+                    });
+                    Provider::Introspection(kept.unwrap_or_else(|| {
+                        Arc::new(introspection::Introspector::new(
+                            id,
+                            spec,
+                            metrics.introspection(&spec.name),
+                        ))
+                    }))
+                }
             };
             providers.push(provider);
         }
@@ -119,7 +149,7 @@ impl Authenticator {
     /// The header that carries provider `id`'s credentials (removed when `hide_credentials`).
     pub fn credential_header(&self, id: ProviderId) -> http::HeaderName {
         match &self.providers[id.index()] {
-            Provider::Jwt(_) => http::header::AUTHORIZATION,
+            Provider::Jwt(_) | Provider::Introspection(_) => http::header::AUTHORIZATION,
             Provider::ApiKey(k) => k.header().clone(),
         }
     }
@@ -144,6 +174,11 @@ impl Authenticator {
                 Provider::ApiKey(k) => headers
                     .get(k.header())
                     .map(|v| k.verify(v.as_bytes(), SystemTime::now())),
+                Provider::Introspection(i) => match &bearer {
+                    Some(Ok(token)) => Some(i.verify(token).await),
+                    Some(Err(d)) => Some(Err(d.clone())),
+                    None => None,
+                },
             };
             match outcome {
                 Some(Ok(identity)) => return Ok(identity),
@@ -161,6 +196,18 @@ impl Authenticator {
         }
         Err(refusal.unwrap_or_else(|| Denial::new(Reason::Missing, "credentials required")))
     }
+}
+
+/// The position of `provider` among `auth`'s providers (an identity records its provider by
+/// position, so a provider is only carried over to the same position).
+fn p_index(
+    auth: &Authenticator,
+    provider: &Arc<introspection::Introspector>,
+) -> Option<ProviderId> {
+    auth.providers
+        .iter()
+        .position(|p| matches!(p, Provider::Introspection(i) if Arc::ptr_eq(i, provider)))
+        .map(ProviderId::new)
 }
 
 /// Authentication counters of one route (`gatehouse_auth_total`), filled by the metrics

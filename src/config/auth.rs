@@ -1,4 +1,5 @@
-//! The `[auth.jwt.NAME]` and `[auth.api_keys.NAME]` sections: who may call protected routes.
+//! The `[auth.jwt.NAME]`, `[auth.api_keys.NAME]` and `[auth.introspection.NAME]` sections: who
+//! may call protected routes.
 //! Key material is checked here, at load, so that a bad key or secret is a configuration error
 //! with a position, never a request-time surprise.
 
@@ -22,8 +23,8 @@ pub const MIN_HMAC_SECRET: usize = 32;
 /// Validated authentication providers.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct AuthSettings {
-    /// Every valid provider: JWT providers in file order, then API key providers in file
-    /// order. [`ProviderId`] indexes this list.
+    /// Every valid provider: JWT providers in file order, then API key providers, then
+    /// introspection providers. [`ProviderId`] indexes this list.
     pub providers: Vec<ProviderSpec>,
 }
 
@@ -37,7 +38,7 @@ impl AuthSettings {
     pub fn jwt(&self) -> impl Iterator<Item = &JwtSpec> {
         self.providers.iter().filter_map(|p| match &p.kind {
             ProviderKind::Jwt(j) => Some(j),
-            ProviderKind::ApiKey(_) => None,
+            _ => None,
         })
     }
 }
@@ -60,6 +61,56 @@ pub enum ProviderKind {
     Jwt(JwtSpec),
     /// API keys in a header.
     ApiKey(ApiKeySpec),
+    /// Opaque bearer tokens checked with the issuer's introspection endpoint (RFC 7662).
+    Introspection(IntrospectionSpec),
+}
+
+/// What to answer when the introspection endpoint cannot be asked (down, slow, refusing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIntrospectionError {
+    /// 503 with `Retry-After` (the default): the caller may well be entitled.
+    Unavailable,
+    /// 401 `invalid_token`.
+    Deny,
+}
+
+/// A validated token introspection provider (RFC 7662).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntrospectionSpec {
+    /// Name used by routes as `introspection:NAME`.
+    pub name: String,
+    /// The introspection endpoint.
+    pub url: String,
+    /// HTTP Basic user (RFC 7662 §2.1 client authentication).
+    pub client_id: String,
+    /// The variable holding the client secret.
+    pub client_secret_env: String,
+    /// The client secret.
+    pub client_secret: Secret,
+    /// Budget of one introspection call.
+    #[serde(serialize_with = "ser::duration")]
+    pub timeout: Duration,
+    /// How long an active token's answer is reused (never beyond its `exp`).
+    #[serde(serialize_with = "ser::duration")]
+    pub cache_ttl: Duration,
+    /// How long an inactive token's answer is reused.
+    #[serde(serialize_with = "ser::duration")]
+    pub inactive_cache_ttl: Duration,
+    /// Answers held at most (least recently used evicted first).
+    pub max_cached: usize,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; an answer must carry one of them when set.
+    pub audiences: Vec<String>,
+    /// Field naming the consumer.
+    pub consumer_claim: String,
+    /// Field naming the tier, if any.
+    pub tier_claim: Option<String>,
+    /// Field holding an array (or space-separated list) of roles, if any.
+    pub roles_claim: Option<String>,
+    /// The answer when the endpoint cannot be asked.
+    pub on_error: OnIntrospectionError,
 }
 
 /// Where a JWT provider's verification keys come from. Rendered without key material.
@@ -179,7 +230,131 @@ pub fn read(
             add(&mut out, format!("api_key:{name}"), spec);
         }
     }
+    if let Some(n) = t.get("introspection") {
+        for (name, value) in r.named(&n, "provider") {
+            let spec = read_introspection(r, name, &value).map(ProviderKind::Introspection);
+            add(&mut out, format!("introspection:{name}"), spec);
+        }
+    }
     (out, declared)
+}
+
+fn read_introspection(
+    r: &mut Reader<'_>,
+    name: &str,
+    node: &Node<'_, '_>,
+) -> Option<IntrospectionSpec> {
+    let t = r.table(node)?;
+    let before = r.error_count();
+    let url = t.require(r, "url").and_then(|n| {
+        let text = r.string(&n)?;
+        let ok = (text.starts_with("https://") || text.starts_with("http://"))
+            && reqwest::Url::parse(text).is_ok_and(|u| u.host().is_some());
+        if !ok {
+            r.error(&n, format!("invalid URL \"{text}\" (http:// or https://)"));
+            return None;
+        }
+        Some(text.to_string())
+    });
+    let client_id = t.require(r, "client_id").and_then(|n| {
+        let v = r.string(&n)?;
+        if v.is_empty() || v.contains(':') {
+            r.error(
+                &n,
+                "client_id must be non-empty and hold no ':' (HTTP Basic)",
+            );
+            return None;
+        }
+        Some(v.to_string())
+    });
+    let secret = t.require(r, "client_secret_env").and_then(|n| {
+        let env = r.string(&n)?.to_string();
+        match std::env::var(&env) {
+            Ok(v) if !v.is_empty() => Some((env, Secret::new(v))),
+            _ => {
+                r.error(
+                    &n,
+                    format!("${env} must hold the client secret (it is unset or empty)"),
+                );
+                None
+            }
+        }
+    });
+    let duration = |r: &mut Reader<'_>, key: &'static str, default: Duration| match t.get(key) {
+        None => Some(default),
+        Some(n) => r.duration(&n).and_then(|d| {
+            if d.is_zero() {
+                r.error(&n, format!("{key} must be more than 0"));
+                None
+            } else {
+                Some(d)
+            }
+        }),
+    };
+    let timeout = duration(r, "timeout", Duration::from_millis(500));
+    let cache_ttl = duration(r, "cache_ttl", Duration::from_secs(60));
+    let inactive_cache_ttl = duration(r, "inactive_cache_ttl", Duration::from_secs(5));
+    let max_cached = match t.get("max_cached") {
+        None => Some(100_000),
+        Some(n) => r.integer(&n, 1, 10_000_000).map(|v| v as usize),
+    };
+    let issuer = t
+        .get("issuer")
+        .and_then(|n| r.string(&n).map(str::to_string));
+    let audiences = match t.get("audiences") {
+        None => Vec::new(),
+        Some(n) => r
+            .strings(&n)
+            .map(|v| v.into_iter().map(|(s, _, _)| s.to_string()).collect())
+            .unwrap_or_default(),
+    };
+    let claim = |r: &mut Reader<'_>, key: &'static str| {
+        t.get(key).and_then(|n| match r.string(&n) {
+            Some("") => {
+                r.error(&n, format!("{key} must not be empty"));
+                None
+            }
+            other => other.map(str::to_string),
+        })
+    };
+    let consumer_claim = claim(r, "consumer_claim").unwrap_or_else(|| "sub".to_string());
+    let tier_claim = claim(r, "tier_claim");
+    let roles_claim = claim(r, "roles_claim");
+    let on_error = match t.get("on_error") {
+        None => Some(OnIntrospectionError::Unavailable),
+        Some(n) => {
+            match r.string(&n) {
+                Some("unavailable") => Some(OnIntrospectionError::Unavailable),
+                Some("deny") => Some(OnIntrospectionError::Deny),
+                Some(other) => {
+                    r.error(&n, format!("on_error must be \"unavailable\" (503) or \"deny\" (401), not \"{other}\""));
+                    None
+                }
+                None => None,
+            }
+        }
+    };
+    if r.error_count() > before {
+        return None;
+    }
+    let (client_secret_env, client_secret) = secret?;
+    Some(IntrospectionSpec {
+        name: name.to_string(),
+        url: url?,
+        client_id: client_id?,
+        client_secret_env,
+        client_secret,
+        timeout: timeout?,
+        cache_ttl: cache_ttl?,
+        inactive_cache_ttl: inactive_cache_ttl?,
+        max_cached: max_cached?,
+        issuer,
+        audiences,
+        consumer_claim,
+        tier_claim,
+        roles_claim,
+        on_error: on_error?,
+    })
 }
 
 fn read_jwt(r: &mut Reader<'_>, name: &str, node: &Node<'_, '_>) -> Option<JwtSpec> {

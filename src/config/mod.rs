@@ -31,7 +31,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use admin::{AccessLogSettings, AdminSettings};
-pub use auth::{ApiKeySpec, AuthSettings, JwtKeys, JwtSpec, ProviderKind, ProviderSpec};
+pub use auth::{
+    ApiKeySpec, AuthSettings, IntrospectionSpec, JwtKeys, JwtSpec, OnIntrospectionError,
+    ProviderKind, ProviderSpec,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use ids::{ProviderId, Ref, RouteId, TierId, UpstreamId};
 pub use keys_file::ApiKeyRecord;

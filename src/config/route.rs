@@ -74,7 +74,8 @@ pub struct RouteSpec {
     pub strip_prefix: Option<String>,
     /// Higher wins among matching routes.
     pub priority: i32,
-    /// Accepted authentication providers (named `jwt:NAME` / `api_key:NAME`); any one
+    /// Accepted authentication providers (named `jwt:NAME` / `api_key:NAME` /
+    /// `introspection:NAME`); any one
     /// suffices. Empty: a public route.
     pub auth: Vec<Ref<ProviderId>>,
     /// The identity must hold at least one of these roles (when not empty).
@@ -127,7 +128,7 @@ pub struct Declared<'a> {
     pub upstreams: &'a [(&'a str, Option<UpstreamId>)],
     /// The protocol of each valid upstream, by [`UpstreamId`].
     pub protocols: &'a [super::Protocol],
-    /// Provider labels (`jwt:NAME`, `api_key:NAME`).
+    /// Provider labels (`jwt:NAME`, `api_key:NAME`, `introspection:NAME`).
     pub providers: &'a [(String, Option<ProviderId>)],
     /// Valid tier names, in [`TierId`](super::TierId) order.
     pub tiers: &'a [String],
@@ -259,11 +260,14 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
     if let Some(n) = t.get("auth") {
         if let Some(items) = r.strings(&n) {
             for (text, span, path) in items {
-                if !text.starts_with("jwt:") && !text.starts_with("api_key:") {
+                if !["jwt:", "api_key:", "introspection:"]
+                    .iter()
+                    .any(|p| text.starts_with(p))
+                {
                     r.error_at(
                         span,
                         &path,
-                        format!("invalid auth \"{text}\" (expected jwt:NAME or api_key:NAME)"),
+                        format!("invalid auth \"{text}\" (expected jwt:NAME, api_key:NAME or introspection:NAME)"),
                     );
                     continue;
                 }

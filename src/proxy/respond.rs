@@ -299,6 +299,13 @@ fn answer(
                 &[("allow", &allow)],
             )
         }
+        Refusal::Denied(denial) if denial.reason == crate::auth::Reason::Unavailable => finish(
+            req,
+            ctx,
+            status,
+            denial_body(denial, id),
+            &[("retry-after", "1")],
+        ),
         Refusal::Denied(denial) => {
             let challenge = challenge(denial);
             finish(
@@ -409,6 +416,8 @@ fn challenge(denial: &Denial) -> String {
 fn denial_body(denial: &Denial, request_id: &str) -> Bytes {
     let error = if denial.reason == crate::auth::Reason::Missing {
         "authentication required"
+    } else if denial.reason == crate::auth::Reason::Unavailable {
+        "service unavailable: the token could not be checked"
     } else if denial.reason.is_forbidden() {
         "forbidden"
     } else {

@@ -293,6 +293,7 @@ impl WatchService {
                     | config::JwtKeys::PublicKey { path, .. } => paths.push(path.clone()),
                     _ => {}
                 },
+                config::ProviderKind::Introspection(_) => {}
             }
         }
         if let Some(tls) = &config.server.tls {

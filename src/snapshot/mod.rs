@@ -62,7 +62,7 @@ impl Snapshot {
         let auth = Arc::new(Authenticator::new(
             &config,
             previous.map(|p| &*p.auth),
-            |provider| metrics.jwks(provider),
+            metrics,
         ));
         let ratelimit = Arc::new(RateLimiter::new(
             &config,

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod in_process;
+pub mod introspection;
 pub mod jwt;
 pub mod otlp;
 pub mod pki;
