@@ -72,6 +72,10 @@ pub struct Metrics {
     websockets: IntCounterVec,
     tracing_spans: IntCounterVec,
     introspection: IntCounterVec,
+    /// Breakers opened because another instance opened its own.
+    pub circuit_peer_transitions: IntCounterVec,
+    /// Failed Redis operations of the shared breakers.
+    pub circuit_shared_errors: IntCounter,
 }
 
 /// `gatehouse_edge_refusals_total`, by reason ([`EDGE_REASONS`]).
@@ -326,6 +330,17 @@ impl Metrics {
             ),
             &["provider", "result"],
         ));
+        let circuit_peer_transitions = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_circuit_peer_transitions_total",
+                "Shared circuit breakers opened here because another gateway instance opened its own.",
+            ),
+            &["upstream", "backend"],
+        ));
+        let circuit_shared_errors = must(IntCounter::new(
+            "gatehouse_circuit_shared_errors_total",
+            "Failed Redis connections or operations of the shared circuit breakers.",
+        ));
         let tracing_spans = must(IntCounterVec::new(
             Opts::new(
                 "gatehouse_tracing_spans_total",
@@ -370,6 +385,8 @@ impl Metrics {
             Box::new(websockets.clone()),
             Box::new(tracing_spans.clone()),
             Box::new(introspection.clone()),
+            Box::new(circuit_peer_transitions.clone()),
+            Box::new(circuit_shared_errors.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -401,6 +418,8 @@ impl Metrics {
             websockets,
             tracing_spans,
             introspection,
+            circuit_peer_transitions,
+            circuit_shared_errors,
         })
     }
 

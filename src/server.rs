@@ -192,6 +192,14 @@ pub fn run(config: Config, cli: &Cli) -> ! {
         "rate limit hand-over",
         HandoverService::new(Arc::clone(&handover), successor, phases),
     ));
+    if let Some(breakers) = crate::services::breakers::SharedBreakerService::new(
+        &config,
+        store.clone(),
+        metrics.circuit_peer_transitions.clone(),
+        metrics.circuit_shared_errors.clone(),
+    ) {
+        server.add_service(background_service("shared circuit breakers", breakers));
+    }
     if let Some(spans) = crate::services::spans::SpanExportService::new(
         config.tracing.clone(),
         metrics.tracing_spans(),

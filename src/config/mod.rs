@@ -126,6 +126,63 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse(path, &src)
 }
 
+/// Gives every shared circuit breaker its Redis URL (its own `redis_url`, else `[rate_limit]
+/// redis_url`), and reports shared breakers without one, or with a different one than the
+/// others (they share one connection).
+fn resolve_shared_breakers(
+    r: &mut Reader<'_>,
+    node: Option<Node<'_, '_>>,
+    upstreams: &mut [UpstreamSpec],
+    store: &rate_limit::Store,
+) {
+    let fallback = match store {
+        rate_limit::Store::Redis(url) => Some(url.clone()),
+        _ => None,
+    };
+    let mut first: Option<String> = None;
+    for u in upstreams.iter_mut() {
+        let Some(b) = u.circuit_breaker.as_mut().filter(|b| b.shared) else {
+            continue;
+        };
+        let at = node
+            .as_ref()
+            .and_then(|n| r.map(n))
+            .and_then(|t| {
+                t.entries()
+                    .into_iter()
+                    .find(|(name, _, _)| *name == u.name)
+                    .map(|(_, _, n)| n)
+            })
+            .and_then(|n| r.map(&n))
+            .and_then(|t| t.get("circuit_breaker"))
+            .and_then(|n| r.map(&n))
+            .and_then(|t| t.get("shared"));
+        let (span, path) = match &at {
+            Some(n) => (n.span(), n.path().to_string()),
+            None => (0..0, format!("upstreams.{}.circuit_breaker.shared", u.name)),
+        };
+        match b.redis_url.clone().or_else(|| fallback.clone()) {
+            None => r.error_at(
+                span,
+                &path,
+                "a shared circuit breaker needs a Redis: set redis_url here or [rate_limit] redis_url (a Redis Cluster cannot carry it)",
+            ),
+            Some(url) => {
+                match &first {
+                    Some(f) if *f != url => r.error_at(
+                        span,
+                        &path,
+                        "shared circuit breakers use one Redis: every one must resolve to the same redis_url",
+                    ),
+                    Some(_) => {}
+                    None => first = Some(url.clone()),
+                }
+                b.redis_url = Some(url);
+            }
+        }
+    }
+}
+
 /// Validates `src` as if read from `path`.
 pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let mut r = Reader::new(path, src);
@@ -180,6 +237,12 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
             declared_upstreams.push((name, id));
         }
     }
+    resolve_shared_breakers(
+        &mut r,
+        top.get("upstreams"),
+        &mut upstreams,
+        &rate_limit.store,
+    );
     let mut shared_cors = Vec::new();
     if let Some(n) = top.get("cors") {
         for (name, value) in r.named(&n, "CORS settings") {

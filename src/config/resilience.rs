@@ -55,6 +55,12 @@ pub struct BreakerSpec {
     pub half_open_probes: u32,
     /// Which outcomes count as failures.
     pub failure_on: Vec<FailureKind>,
+    /// Share transitions to open with the other gateway instances through Redis.
+    pub shared: bool,
+    /// The Redis of shared breakers, when not `[rate_limit] redis_url` (resolved at load:
+    /// `Some` whenever `shared`).
+    #[serde(serialize_with = "ser::opt_url")]
+    pub redis_url: Option<String>,
 }
 
 /// A validated retry policy.
@@ -159,10 +165,26 @@ pub fn read_breaker(r: &mut Reader<'_>, n: &Node<'_, '_>) -> Option<BreakerSpec>
         ]),
         Some(n) => kinds(r, &n, &["connect", "timeout", "reset", "5xx"]),
     };
+    let shared = match t.get("shared") {
+        None => Some(false),
+        Some(n) => r.boolean(&n),
+    };
+    let redis_url = t.get("redis_url").and_then(|n| {
+        let text = r.string(&n)?;
+        let ok = (text.starts_with("redis://") || text.starts_with("rediss://"))
+            && ::redis::Client::open(text).is_ok();
+        if !ok {
+            r.error(&n, "invalid Redis URL (redis:// or rediss://)");
+            return None;
+        }
+        Some(text.to_string())
+    });
     if r.error_count() > before {
         return None;
     }
     Some(BreakerSpec {
+        shared: shared?,
+        redis_url,
         consecutive_failures: consecutive_failures?,
         failure_ratio: failure_ratio?,
         min_requests: min_requests?,

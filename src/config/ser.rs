@@ -80,6 +80,14 @@ pub fn url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redacted_url(url))
 }
 
+/// An optional URL, password redacted.
+pub fn opt_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&redacted_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
 /// URLs, passwords redacted.
 pub fn urls<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
     let mut seq = s.serialize_seq(Some(urls.len()))?;

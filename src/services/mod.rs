@@ -12,10 +12,12 @@
 //! | [`ratelimit`] | local key sweeps, Redis connection, lease returns | [`crate::ratelimit`] |
 //! | [`access_log`] | writes queued access log lines | [`crate::access_log`] |
 //! | [`reload`] | SIGHUP and admin reloads: new snapshot, swapped atomically | [`crate::snapshot`] |
+//! | [`breakers`] | shares circuit breaker openings with the other instances through Redis | [`crate::upstream::shared`] |
 //! | [`spans`] | exports sampled requests' spans over OTLP/HTTP | [`crate::trace`] |
 //! | [`handover`] | local rate-limit counters handed to the new process of an upgrade | [`crate::ratelimit::handover`] |
 
 pub mod access_log;
+pub mod breakers;
 pub mod handover;
 pub mod health;
 pub mod incidents;

@@ -172,6 +172,17 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
             t.export_timeout,
         )
     };
+    let sharing = |c: &Config| {
+        c.upstreams
+            .iter()
+            .filter_map(|u| u.circuit_breaker.as_ref())
+            .find(|b| b.shared)
+            .and_then(|b| b.redis_url.clone())
+    };
+    if sharing(old) != sharing(new) {
+        // The sharing connection is made at start (per-upstream `shared` flags apply).
+        changed.push("circuit_breaker.shared Redis (shared breakers on a new Redis)");
+    }
     if export(old) != export(new) {
         // The exporter is built at start; sample_ratio applies on reload.
         changed.push("tracing (all but sample_ratio)");

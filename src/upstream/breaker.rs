@@ -53,7 +53,8 @@ struct Bucket {
 pub struct Breaker {
     state: AtomicU8,
     consecutive: AtomicU32,
-    opened_at_ms: AtomicU64,
+    /// When an open breaker half-opens (store clock, ms).
+    reopen_at_ms: AtomicU64,
     probes_inflight: AtomicU32,
     probe_successes: AtomicU32,
     window: Mutex<[Bucket; BUCKETS]>,
@@ -83,8 +84,8 @@ impl Breaker {
         }
     }
 
-    fn reopen_at(&self, spec: &BreakerSpec) -> u64 {
-        self.opened_at_ms.load(Ordering::Acquire) + spec.open_for.as_millis() as u64
+    fn reopen_at(&self, _spec: &BreakerSpec) -> u64 {
+        self.reopen_at_ms.load(Ordering::Acquire)
     }
 
     /// Milliseconds until an open breaker half-opens (0 unless open).
@@ -146,7 +147,7 @@ impl Breaker {
         match self.state() {
             CircuitState::HalfOpen if permit.probe => {
                 if failure {
-                    return self.open(now_ms);
+                    return self.open(now_ms + spec.open_for.as_millis() as u64);
                 }
                 let ok = self.probe_successes.fetch_add(1, Ordering::AcqRel) + 1;
                 if ok >= spec.half_open_probes {
@@ -161,7 +162,7 @@ impl Breaker {
                     let ratio_trips = total >= spec.min_requests
                         && f64::from(failed) / f64::from(total) > spec.failure_ratio;
                     if run >= spec.consecutive_failures || ratio_trips {
-                        return self.open(now_ms);
+                        return self.open(now_ms + spec.open_for.as_millis() as u64);
                     }
                 } else {
                     self.consecutive.store(0, Ordering::Release);
@@ -181,8 +182,26 @@ impl Breaker {
         }
     }
 
-    fn open(&self, now_ms: u64) -> Option<CircuitState> {
-        self.opened_at_ms.store(now_ms, Ordering::Release);
+    /// Opens the breaker because another gateway instance opened its own (shared breakers):
+    /// open now, half-opening after `remaining_ms` (at most `open_for`) without counting any
+    /// failure here. A breaker that is already open stays as it is. Returns the new state
+    /// when it changed.
+    pub fn open_for_peer(
+        &self,
+        spec: &BreakerSpec,
+        remaining_ms: u64,
+        now_ms: u64,
+    ) -> Option<CircuitState> {
+        if self.state() == CircuitState::Open && now_ms < self.reopen_at(spec) {
+            return None;
+        }
+        let remaining = remaining_ms.min(spec.open_for.as_millis() as u64);
+        self.open(now_ms + remaining)
+    }
+
+    /// Opens until `reopen_at_ms`.
+    fn open(&self, reopen_at_ms: u64) -> Option<CircuitState> {
+        self.reopen_at_ms.store(reopen_at_ms, Ordering::Release);
         let previous = self.state.swap(CircuitState::Open as u8, Ordering::AcqRel);
         self.consecutive.store(0, Ordering::Release);
         (previous != CircuitState::Open as u8).then_some(CircuitState::Open)
@@ -240,7 +259,27 @@ mod tests {
             open_for: Duration::from_secs(5),
             half_open_probes: 2,
             failure_on: vec![FailureKind::Status5xx],
+            shared: true,
+            redis_url: None,
         }
+    }
+
+    #[test]
+    fn a_peer_opens_it_for_the_remaining_time_only() {
+        let (b, s) = (Breaker::default(), spec());
+        assert_eq!(b.open_for_peer(&s, 2_000, 100), Some(CircuitState::Open));
+        assert_eq!(b.retry_after_ms(&s, 100), 2_000);
+        assert!(!b.available(&s, 2_099));
+        // Already open: a second announcement changes nothing.
+        assert_eq!(b.open_for_peer(&s, 4_000, 200), None);
+        // Never beyond open_for.
+        let c = Breaker::default();
+        c.open_for_peer(&s, 60_000, 0);
+        assert_eq!(c.retry_after_ms(&s, 0), 5_000);
+        // Then half-open, probing locally.
+        let (permit, changed) = b.try_acquire(&s, 2_100);
+        assert!(permit.is_some_and(|p| p.probe));
+        assert_eq!(changed, Some(CircuitState::HalfOpen));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod breaker;
 pub mod health;
 pub mod incidents;
+pub mod shared;
 pub mod traffic;
 
 use std::net::SocketAddr;
@@ -322,6 +323,35 @@ impl Cluster {
             .record(spec, permit, counts, now_ms)
         {
             self.transition(i, state);
+            if state == CircuitState::Open && spec.shared {
+                shared::announce(
+                    self.name(),
+                    &self.members[i].addr_text,
+                    spec.open_for.as_millis() as u64,
+                );
+            }
+        }
+    }
+
+    /// Opens backend `i`'s shared breaker because another instance opened its own, for
+    /// `remaining_ms`. Returns whether it changed (it may be open already).
+    pub fn open_for_peer(&self, i: usize, remaining_ms: u64, instance: &str, now_ms: u64) -> bool {
+        let Some(spec) = self.spec.circuit_breaker.as_ref().filter(|b| b.shared) else {
+            return false;
+        };
+        let m = &self.members[i];
+        match m.state.breaker.open_for_peer(spec, remaining_ms, now_ms) {
+            Some(state) => {
+                m.transitions[state as usize].inc();
+                log::warn!(
+                    "upstream {} backend {}: circuit open for {} ms, opened by gateway instance {instance}",
+                    self.name(),
+                    m.addr,
+                    remaining_ms.min(spec.open_for.as_millis() as u64)
+                );
+                true
+            }
+            None => false,
         }
     }
 
