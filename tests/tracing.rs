@@ -389,6 +389,12 @@ async fn spans_are_exported_in_daemon_mode() {
         }
     }
     let _kill = Kill(pid);
+    // `-d` returns once the daemon has bootstrapped; its listener may take a moment more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the daemon never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (trace, _, header) = caller();
     let resp = client()
         .get(format!("http://127.0.0.1:{port}/x"))

@@ -12,10 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 #[derive(Default)]
@@ -41,32 +38,8 @@ impl IntrospectionServer {
     pub fn start() -> Self {
         let state = Arc::new(State::default());
         state.status.store(200, Ordering::SeqCst);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let serve = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let state = Arc::clone(&serve);
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req| handle(Arc::clone(&state), req));
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            });
-        });
+        let addr = super::serve::serve(move |req| handle(Arc::clone(&serve), req));
         IntrospectionServer { addr, state }
     }
 

@@ -13,6 +13,7 @@ pub mod pki;
 pub mod python;
 pub mod raw;
 pub mod redis;
+pub mod serve;
 
 pub use backend::TestBackend;
 pub use gateway::{check_config, free_port, Gatehouse, ADMIN_TOKEN};

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -74,36 +71,13 @@ pub struct Collector {
 impl Collector {
     /// Starts a receiver on a free loopback port.
     pub fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let c = Collector {
-            addr,
+        let mut c = Collector {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             spans: Arc::default(),
             posts: Arc::default(),
         };
         let serve = c.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let c = serve.clone();
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req| c.clone().handle(req));
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            });
-        });
+        c.addr = super::serve::serve(move |req| serve.clone().handle(req));
         c
     }
 
