@@ -14,18 +14,7 @@ fn body(b: &TestBackend) -> String {
 }
 
 async fn lines(gw: &Gatehouse, n: usize) -> Vec<serde_json::Value> {
-    for _ in 0..100 {
-        let text = gw.access_log();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("access log has fewer than {n} lines:\n{}", gw.access_log());
+    common::access_log_lines(gw, n).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

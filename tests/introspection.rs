@@ -110,6 +110,7 @@ async fn an_active_token_is_accepted_cached_and_asked_about_once() {
         .await,
         Some(6.0)
     );
+    common::access_log_lines(&gw, 6).await;
     let log = gw.access_log();
     assert!(
         log.contains("\"auth_method\":\"introspection:idp\""),

@@ -191,12 +191,11 @@ rate_limit = {{ key = "consumer", default_tier = "t" }}
             retried = Some(trace.clone());
         }
         // The access log names the trace and the gateway's span.
-        let log = gw.access_log();
-        let line: Value = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        let lines = common::access_log_lines(&gw, 2).await;
+        let line = lines
+            .iter()
             .find(|l| l["trace_id"] == trace.as_str())
-            .unwrap_or_else(|| panic!("no access log line for {trace}: {log}"));
+            .unwrap_or_else(|| panic!("no access log line for {trace}: {lines:?}"));
         assert_eq!(line["span_id"], server.span_id());
     }
     assert!(
@@ -281,6 +280,7 @@ async fn trace_context_is_propagated_whether_or_not_spans_are_exported() {
     assert_eq!(traces.len(), 1, "only the sampled request: {traces:?}");
 
     // The access log carries every request's trace id, sampled or not.
+    common::access_log_lines(&gw, 4).await;
     let log = gw.access_log();
     for t in [
         "0af7651916cd43dd8448eb211c80319c",

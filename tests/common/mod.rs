@@ -45,6 +45,23 @@ pub async fn metrics_text(gw: &Gatehouse) -> String {
         .expect("metrics body")
 }
 
+/// The access log's lines as JSON, once there are at least `n` (the writer is a background
+/// task: a line appears shortly after its response).
+pub async fn access_log_lines(gw: &Gatehouse, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let text = gw.access_log();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("access log has fewer than {n} lines:\n{}", gw.access_log());
+}
+
 /// The value of the first sample line starting with `prefix` (e.g. `name{labels}`).
 pub async fn metric(gw: &Gatehouse, prefix: &str) -> Option<f64> {
     metrics_text(gw)
