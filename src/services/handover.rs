@@ -6,8 +6,9 @@
 //! - The old process, from the moment it receives SIGQUIT (Pingora's
 //!   `GracefulUpgradeTransferringFds` phase), writes its whole local store to
 //!   `UPGRADE_SOCK.ratelimit-handover` (0600, written to a temporary file and renamed) every
-//!   250 ms while it still runs, and a last time, marked final, after its last request has
-//!   finished (when Pingora's `run` returns), so nothing it admitted is left out.
+//!   250 ms while it still accepts connections (every second during its drain), and a last
+//!   time, marked final, after its last request has finished (when Pingora's `run` returns),
+//!   so nothing it admitted is left out.
 //! - The new process (started with `-u`) polls that file from its start (every 25 ms until the
 //!   first hand-over, then every 100 ms) and merges each hand-over it has not seen: quota
 //!   counts add what the old process admitted since the previous hand-over, token balances
@@ -18,9 +19,10 @@
 //!
 //! The error accepted: while both processes admit (the 5 s in which the old one still accepts
 //! connections, and its drain), each limits with what it knows. The new process learns what
-//! the old one admitted within about 350 ms (250 ms between hand-overs, 100 ms between polls);
-//! the old one never learns what the new one admitted. So a key can be admitted beyond its
-//! limit by at most what the old process admits for it in its last 350 ms of admitting, plus
+//! the old one admitted within about 350 ms (250 ms between hand-overs, 100 ms between polls;
+//! 1.1 s during the drain, when the old process only finishes what its connections already
+//! sent); the old one never learns what the new one admitted. So a key can be admitted beyond
+//! its limit by at most what the old process admits for it in those last moments, plus
 //! what the new one admits in the few milliseconds between taking over the sockets and its
 //! first merge. Nothing is lost: once the old process has exited, the new one has counted every
 //! request the old one admitted.
@@ -326,6 +328,10 @@ impl BackgroundService for HandoverService {
                 .as_ref()
                 .is_some_and(|r| !r.done && Instant::now() < listen_until);
             let wait = match (&reader, self.writer.upgrading()) {
+                // Once the old process stops accepting (its keep-alive connections close
+                // after their next response), admissions are rare: the final hand-over after
+                // the last request catches them, so a slower pace suffices.
+                (_, true) if shutting_down => WRITE_EVERY * 4,
                 (_, true) => WRITE_EVERY,
                 (Some(r), false) if reading && !r.merged_any => Duration::from_millis(25),
                 (Some(_), false) if reading => Duration::from_millis(100),
