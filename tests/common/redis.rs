@@ -134,6 +134,19 @@ impl Drop for RedisServer {
     }
 }
 
+/// A free port whose cluster bus port (port + 10000) is free too and, like it, below the
+/// kernel's ephemeral range (so no outgoing connection can take it meanwhile).
+fn free_port_with_bus() -> u16 {
+    for _ in 0..12_000 {
+        let port = free_port();
+        let bus = u32::from(port) + 10_000;
+        if bus < 32_768 && std::net::TcpListener::bind(("127.0.0.1", bus as u16)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port with a free cluster bus port")
+}
+
 /// A three-master Redis Cluster on free ports.
 pub struct RedisCluster {
     /// The nodes.
@@ -144,7 +157,7 @@ impl RedisCluster {
     /// Starts three nodes and joins them with `redis-cli --cluster create`.
     pub fn start() -> Self {
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::launch(free_port(), true))
+            .map(|_| RedisServer::launch(free_port_with_bus(), true))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
