@@ -12,10 +12,12 @@ use clap::{Parser, Subcommand};
     version,
     about = "Gatehouse API gateway",
     long_about = "Gatehouse API gateway on Cloudflare's Pingora, configured by one TOML file: \
-routing; JWT and API-key authentication; tiered rate limits and quotas (local or shared through \
-Redis); CORS, request and response transforms, body limits and request hygiene; load balancing \
-with health checks, circuit breakers and retries; TLS, HTTP/2, gRPC and WebSockets; Prometheus \
-metrics, a JSON access log and an admin API.\n\n\
+routing; JWT, API-key and OAuth2 introspection authentication; tiered rate limits and quotas \
+(local, kept across upgrades, or shared through Redis); CORS, request and response transforms, \
+body limits and request hygiene; load balancing with health checks, circuit breakers (optionally \
+shared across instances) and retries; TLS, HTTP/2, gRPC and WebSockets; Prometheus metrics, W3C \
+trace context and OpenTelemetry span export, a JSON access log, and an admin API with a live \
+status page.\n\n\
 Exit status: 0 on success (or a valid file with --test), 1 when the configuration is invalid \
 (every problem is printed as FILE:LINE:COLUMN: KEY.PATH: MESSAGE), 2 on command-line misuse.\n\n\
 Zero-downtime upgrade: start the new process with --daemon --upgrade (it waits for the old \
