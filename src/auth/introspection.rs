@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 use sha2::Digest;
 use tokio::sync::OnceCell;
 
+use super::claims;
 use super::identity::{Denial, Identity, Reason};
 use super::MAX_CREDENTIAL_LEN;
 use crate::bounded::{BoundedMap, Lru, PreHashed};
@@ -301,7 +302,7 @@ impl Introspector {
                 return refused(Reason::WrongAudience, "token not meant for this audience");
             }
         }
-        let Some(consumer) = f.get(&self.spec.consumer_claim).and_then(text) else {
+        let Some(consumer) = f.get(&self.spec.consumer_claim).and_then(claims::text) else {
             return refused(
                 Reason::Malformed,
                 &format!(
@@ -315,20 +316,15 @@ impl Introspector {
             .tier_claim
             .as_ref()
             .and_then(|c| f.get(c))
-            .and_then(text);
-        let list = |v: Option<&Value>| -> Vec<String> {
-            match v {
-                Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
-        let roles = list(self.spec.roles_claim.as_ref().and_then(|c| f.get(c)));
-        let scopes = list(f.get("scope"));
+            .and_then(claims::text);
+        let roles = self
+            .spec
+            .roles_claim
+            .as_ref()
+            .and_then(|c| f.get(c))
+            .map(claims::strings)
+            .unwrap_or_default();
+        let scopes = f.get("scope").map(claims::strings).unwrap_or_default();
         Ok(Answer::Active(
             Identity::build(
                 consumer,
@@ -341,15 +337,6 @@ impl Introspector {
             ),
             exp,
         ))
-    }
-}
-
-/// A string field, or a number written as text.
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 

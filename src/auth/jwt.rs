@@ -236,30 +236,32 @@ impl JwtVerifier {
                 format!("missing required claim {missing}"),
             ));
         }
-        let consumer = match claims.get(&self.consumer_claim) {
-            Some(Value::String(s)) if header_safe(s) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => {
-                return Err(Denial::new(
-                    Reason::Malformed,
-                    format!("missing or invalid consumer claim {}", self.consumer_claim),
-                ))
-            }
+        let Some(consumer) = claims
+            .get(&self.consumer_claim)
+            .and_then(super::claims::text)
+        else {
+            return Err(Denial::new(
+                Reason::Malformed,
+                format!("missing or invalid consumer claim {}", self.consumer_claim),
+            ));
         };
         let tier = self
             .tier_claim
             .as_ref()
             .and_then(|c| claims.get(c))
             .and_then(Value::as_str)
-            .filter(|t| header_safe(t))
+            .filter(|t| super::claims::header_safe(t))
             .map(str::to_string);
         let roles = self
             .roles_claim
             .as_ref()
             .and_then(|c| claims.get(c))
-            .map(strings)
+            .map(super::claims::strings)
             .unwrap_or_default();
-        let scopes = claims.get("scope").map(strings).unwrap_or_default();
+        let scopes = claims
+            .get("scope")
+            .map(super::claims::strings)
+            .unwrap_or_default();
         Ok(Identity::build(
             consumer,
             tier,
@@ -270,28 +272,6 @@ impl JwtVerifier {
             None,
         ))
     }
-}
-
-/// Strings of a claim: an array of strings, or one space-separated string. Values unsafe in a
-/// header are dropped.
-fn strings(v: &Value) -> Vec<String> {
-    let items: Vec<String> = match v {
-        Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
-        Value::Array(a) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    };
-    items
-        .into_iter()
-        .filter(|s| header_safe(s) && !s.contains(','))
-        .collect()
-}
-
-fn header_safe(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// Why a header did not parse: an `alg` jsonwebtoken does not know (such as `none`) is an

@@ -5,6 +5,7 @@
 //! [`crate::policy`]; the JWKS refresh loop in [`crate::services`].
 
 pub mod api_key;
+pub mod claims;
 pub mod identity;
 pub mod introspection;
 pub mod jwks;
