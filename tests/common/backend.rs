@@ -13,10 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 
 struct State {
     name: String,
@@ -46,32 +43,8 @@ impl TestBackend {
             delay_ms: AtomicU64::new(0),
             status: AtomicU64::new(200),
         });
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("addr");
         let serve_state = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let state = Arc::clone(&serve_state);
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(Arc::clone(&state), req));
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-        });
+        let addr = super::serve::serve(move |req| handle(Arc::clone(&serve_state), req));
         TestBackend { addr, state }
     }
 

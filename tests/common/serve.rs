@@ -1,4 +1,4 @@
-//! The HTTP/1.1 server under the harness's small endpoints (JWKS, OTLP receiver, token
+//! The HTTP/1.1 server under the harness's backends and small endpoints (JWKS, OTLP receiver, token
 //! introspection): a loopback listener on a free port, served on its own thread and runtime
 //! for the life of the test process, each request handled by `handler`.
 
