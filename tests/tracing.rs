@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::jwt::{self, JwksServer};
@@ -366,29 +365,13 @@ async fn spans_are_exported_in_daemon_mode() {
         ),
     )
     .unwrap();
-    let status = Command::new(Gatehouse::binary())
-        .args(["-d", "-c"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let pid: u32 = std::fs::read_to_string(dir.path().join("gh.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(self.0.to_string())
-                .status();
-        }
-    }
-    let _kill = Kill(pid);
+    let _daemon = common::start_daemon(
+        &config,
+        false,
+        &dir.path().join("gh.pid"),
+        &[],
+        &dir.path().join("daemon.log"),
+    );
     // `-d` returns once the daemon has bootstrapped; its listener may take a moment more.
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

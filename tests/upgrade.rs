@@ -3,7 +3,7 @@
 //! SIGQUIT the old one, all under load. An upgrade with an invalid config fails cleanly.
 
 mod common;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,23 +29,6 @@ upstream = "slow"
         fast.addr_str(),
         slow.addr_str()
     )
-}
-
-/// Kills the daemonised new process when the test ends, whatever happens.
-struct Daemon(Option<u32>);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
-        }
-    }
-}
-
-fn read_pid(path: &std::path::Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -230,28 +213,21 @@ async fn upgrade_with_an_invalid_config_fails_and_the_old_process_keeps_serving(
 }
 
 /// Starts the new process of an upgrade of `old` (`-d -u`, as the systemd unit does), with
-/// its log in `new.log`; returns its pid, killed when the guard drops.
-fn start_successor(old: &Gatehouse) -> (Daemon, u32) {
-    let log = std::fs::File::create(old.dir().join("new.log")).unwrap();
-    let started = Command::new(Gatehouse::binary())
-        .args(["-d", "-u", "-c"])
-        .arg(old.config_path())
-        .env("GATEHOUSE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .status()
-        .unwrap();
-    let pid = read_pid(&old.dir().join("gatehouse.pid"));
-    let guard = Daemon(pid);
-    assert!(
-        started.success(),
-        "new process failed: {}",
-        std::fs::read_to_string(old.dir().join("new.log")).unwrap()
+/// its log in `new.log`; returns it with its pid, killed when dropped.
+fn start_successor(old: &Gatehouse) -> (common::Daemon, u32) {
+    let new = common::start_daemon(
+        &old.config_path(),
+        true,
+        &old.dir().join("gatehouse.pid"),
+        &[
+            ("GATEHOUSE_TEST_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("RUST_LOG", "info"),
+        ],
+        &old.dir().join("new.log"),
     );
-    let pid = pid.expect("pid file of the new process");
-    assert_ne!(pid, old.pid());
-    (guard, pid)
+    assert_ne!(new.pid, old.pid());
+    let pid = new.pid;
+    (new, pid)
 }
 
 /// Waits (at most 20 s) for `old` to exit after a signal.

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::python::{run_json, PyServer};
@@ -237,28 +236,14 @@ fn graceful_upgrade_sends_going_away_to_both_sides() {
     };
     std::thread::sleep(Duration::from_millis(800));
 
-    let started = Command::new(Gatehouse::binary())
-        .args(["-d", "-u", "-c"])
-        .arg(old.config_path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(started.success());
-    let new_pid: u32 = std::fs::read_to_string(old.dir().join("gatehouse.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
-        }
-    }
-    let _new = Kill(new_pid);
+    let new = common::start_daemon(
+        &old.config_path(),
+        true,
+        &old.dir().join("gatehouse.pid"),
+        &[],
+        &old.dir().join("new.log"),
+    );
+    let new_pid = new.pid;
     assert_ne!(new_pid, old_pid);
     let quit_at = Instant::now();
     old.signal("QUIT");

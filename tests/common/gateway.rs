@@ -74,6 +74,57 @@ impl Builder {
     }
 }
 
+/// A gatehouse started with `--daemon` (as the systemd unit starts it), killed when dropped.
+pub struct Daemon {
+    /// Its pid, from the pid file.
+    pub pid: u32,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.pid.to_string())
+            .status();
+    }
+}
+
+/// Runs `gatehouse -d [-u] -c config` with `env` (stderr into `log`) and returns the daemon,
+/// whose pid `pid_file` holds once the command has returned. Panics, with the log, if the
+/// command fails.
+pub fn start_daemon(
+    config: &std::path::Path,
+    upgrade: bool,
+    pid_file: &std::path::Path,
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> Daemon {
+    let mut cmd = Command::new(binary());
+    cmd.arg("-d");
+    if upgrade {
+        cmd.arg("-u");
+    }
+    cmd.arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().expect("run gatehouse -d");
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    // Kill whatever started, even if the command then failed.
+    let daemon = pid.map(|pid| Daemon { pid });
+    assert!(
+        status.success(),
+        "gatehouse -d failed: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    daemon.expect("pid file of the daemon")
+}
+
 /// A loopback port that was free a moment ago.
 ///
 /// Ports come from 20000-31999, below the kernel's ephemeral range (32768-60999), and each

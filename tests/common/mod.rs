@@ -16,7 +16,7 @@ pub mod redis;
 pub mod serve;
 
 pub use backend::TestBackend;
-pub use gateway::{check_config, free_port, Gatehouse, ADMIN_TOKEN};
+pub use gateway::{check_config, free_port, start_daemon, Daemon, Gatehouse, ADMIN_TOKEN};
 
 /// An HTTP client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
