@@ -118,15 +118,11 @@ impl Authenticator {
                 }
                 ProviderKind::ApiKey(spec) => Provider::ApiKey(api_key::ApiKeyStore::new(id, spec)),
                 ProviderKind::Introspection(spec) => {
-                    let kept = previous.and_then(|p| {
-                        p.providers.iter().find_map(|q| match q {
-                            Provider::Introspection(i)
-                                if i.spec() == spec && p_index(p, i) == Some(id) =>
-                            {
-                                Some(Arc::clone(i))
-                            }
-                            _ => None,
-                        })
+                    // Kept (with its cache) when the provider at the same position is the same:
+                    // identities record their provider by position.
+                    let kept = previous.and_then(|p| match p.providers.get(id.index()) {
+                        Some(Provider::Introspection(i)) if i.spec() == spec => Some(Arc::clone(i)),
+                        _ => None,
                     });
                     Provider::Introspection(kept.unwrap_or_else(|| {
                         Arc::new(introspection::Introspector::new(
@@ -197,18 +193,6 @@ impl Authenticator {
         }
         Err(refusal.unwrap_or_else(|| Denial::new(Reason::Missing, "credentials required")))
     }
-}
-
-/// The position of `provider` among `auth`'s providers (an identity records its provider by
-/// position, so a provider is only carried over to the same position).
-fn p_index(
-    auth: &Authenticator,
-    provider: &Arc<introspection::Introspector>,
-) -> Option<ProviderId> {
-    auth.providers
-        .iter()
-        .position(|p| matches!(p, Provider::Introspection(i) if Arc::ptr_eq(i, provider)))
-        .map(ProviderId::new)
 }
 
 /// Authentication counters of one route (`gatehouse_auth_total`), filled by the metrics

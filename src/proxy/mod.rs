@@ -494,14 +494,8 @@ impl ProxyHttp for Gateway {
         ctx.inflight = None;
         ctx.slot = None;
         ctx.websocket = None;
-        record::finished(&self.access_log, session, ctx);
+        let status = record::finished(&self.access_log, session, ctx);
         if ctx.state.trace.recording() {
-            let status = ctx
-                .grpc_answer
-                .map(|(status, _)| status)
-                .or_else(|| session.response_written().map(|r| r.status.as_u16()))
-                .or(ctx.failure_status)
-                .unwrap_or(0);
             record::export_trace(session, ctx, status);
         }
     }

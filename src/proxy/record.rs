@@ -7,8 +7,8 @@ use super::ctx::RequestCtx;
 use super::request_host;
 use crate::access_log::{self, AccessLog};
 
-/// Records a finished request.
-pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
+/// Records a finished request; returns the status it counted.
+pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) -> u16 {
     // A gRPC answer of the gateway's is HTTP 200 on the wire; it counts as what it stands for.
     let status = ctx
         .grpc_answer
@@ -71,6 +71,7 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) {
             })
         });
     }
+    status
 }
 
 /// Queues a sampled request's spans for export: the server span gets the HTTP semantic

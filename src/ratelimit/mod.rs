@@ -77,18 +77,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn now_ms(&self) -> u64 {
+    /// The local store's clock: milliseconds since the store was created (also what the
+    /// upgrade hand-over converts times with).
+    pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
     /// The local store (for the upgrade hand-over).
     pub fn local(&self) -> &LocalStore {
         &self.local
-    }
-
-    /// The local store's clock: milliseconds since the store was created.
-    pub fn clock_ms(&self) -> u64 {
-        self.now_ms()
     }
 
     /// A fingerprint of the key seed, so that a hand-over is only merged by a process that

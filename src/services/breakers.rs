@@ -112,7 +112,12 @@ impl SharedBreakerService {
         let snapshot = self.store.load();
         let now = crate::clock::now_ms();
         for cluster in snapshot.clusters() {
-            let Some(spec) = cluster.spec().circuit_breaker.as_ref().filter(|b| b.shared) else {
+            if !cluster
+                .spec()
+                .circuit_breaker
+                .as_ref()
+                .is_some_and(|b| b.shared)
+            {
                 continue;
             };
             for m in cluster.members() {
@@ -128,7 +133,7 @@ impl SharedBreakerService {
                 .await?;
                 let breaker = &m.state.breaker;
                 if breaker.state() == CircuitState::Open {
-                    let remaining = breaker.retry_after_ms(spec, now);
+                    let remaining = breaker.retry_after_ms(now);
                     if remaining > 0 && left < remaining as i64 {
                         let ours = Opened {
                             instance: shared::instance().to_string(),

@@ -155,7 +155,7 @@ impl Writer {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = self.store.load();
         let shared = snapshot.ratelimit().shared();
-        let entries = shared.local().export(shared.clock_ms());
+        let entries = shared.local().export(shared.now_ms());
         let header = Header {
             pid: std::process::id(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
@@ -266,7 +266,7 @@ impl Reader {
         }
         self.writer = Some((header.pid, header.seq));
         let transit_ms = unix_ms(SystemTime::now()).saturating_sub(header.written_at_ms);
-        let now_ms = shared.clock_ms();
+        let now_ms = shared.now_ms();
         let local = shared.local();
         for e in &entries {
             let before = self.merged.get(&e.key).copied().unwrap_or_default();

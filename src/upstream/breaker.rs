@@ -77,21 +77,21 @@ impl Breaker {
     pub fn available(&self, spec: &BreakerSpec, now_ms: u64) -> bool {
         match self.state() {
             CircuitState::Closed => true,
-            CircuitState::Open => now_ms >= self.reopen_at(spec),
+            CircuitState::Open => now_ms >= self.reopen_at(),
             CircuitState::HalfOpen => {
                 self.probes_inflight.load(Ordering::Acquire) < spec.half_open_probes
             }
         }
     }
 
-    fn reopen_at(&self, _spec: &BreakerSpec) -> u64 {
+    fn reopen_at(&self) -> u64 {
         self.reopen_at_ms.load(Ordering::Acquire)
     }
 
     /// Milliseconds until an open breaker half-opens (0 unless open).
-    pub fn retry_after_ms(&self, spec: &BreakerSpec, now_ms: u64) -> u64 {
+    pub fn retry_after_ms(&self, now_ms: u64) -> u64 {
         match self.state() {
-            CircuitState::Open => self.reopen_at(spec).saturating_sub(now_ms),
+            CircuitState::Open => self.reopen_at().saturating_sub(now_ms),
             _ => 0,
         }
     }
@@ -104,7 +104,7 @@ impl Breaker {
         now_ms: u64,
     ) -> (Option<Permit>, Option<CircuitState>) {
         let mut changed = None;
-        if self.state() == CircuitState::Open && now_ms >= self.reopen_at(spec) {
+        if self.state() == CircuitState::Open && now_ms >= self.reopen_at() {
             let swapped = self.state.compare_exchange(
                 CircuitState::Open as u8,
                 CircuitState::HalfOpen as u8,
@@ -192,7 +192,7 @@ impl Breaker {
         remaining_ms: u64,
         now_ms: u64,
     ) -> Option<CircuitState> {
-        if self.state() == CircuitState::Open && now_ms < self.reopen_at(spec) {
+        if self.state() == CircuitState::Open && now_ms < self.reopen_at() {
             return None;
         }
         let remaining = remaining_ms.min(spec.open_for.as_millis() as u64);
@@ -268,14 +268,14 @@ mod tests {
     fn a_peer_opens_it_for_the_remaining_time_only() {
         let (b, s) = (Breaker::default(), spec());
         assert_eq!(b.open_for_peer(&s, 2_000, 100), Some(CircuitState::Open));
-        assert_eq!(b.retry_after_ms(&s, 100), 2_000);
+        assert_eq!(b.retry_after_ms(100), 2_000);
         assert!(!b.available(&s, 2_099));
         // Already open: a second announcement changes nothing.
         assert_eq!(b.open_for_peer(&s, 4_000, 200), None);
         // Never beyond open_for.
         let c = Breaker::default();
         c.open_for_peer(&s, 60_000, 0);
-        assert_eq!(c.retry_after_ms(&s, 0), 5_000);
+        assert_eq!(c.retry_after_ms(0), 5_000);
         // Then half-open, probing locally.
         let (permit, changed) = b.try_acquire(&s, 2_100);
         assert!(permit.is_some_and(|p| p.probe));
@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(b.record(&s, p, true, 0), Some(CircuitState::Open));
         assert!(!b.available(&s, 4_999));
         assert_eq!(b.try_acquire(&s, 4_999).0, None);
-        assert_eq!(b.retry_after_ms(&s, 4_000), 1_000);
+        assert_eq!(b.retry_after_ms(4_000), 1_000);
         let (first, changed) = b.try_acquire(&s, 5_000);
         assert_eq!(
             (first, changed),

@@ -291,12 +291,12 @@ impl Cluster {
         }
         let healthy = self.members.iter().any(|m| m.state.is_available());
         match (&self.spec.circuit_breaker, healthy) {
-            (Some(spec), true) => {
+            (Some(_), true) => {
                 let wait = self
                     .members
                     .iter()
                     .filter(|m| m.state.is_available())
-                    .map(|m| m.state.breaker.retry_after_ms(spec, now_ms))
+                    .map(|m| m.state.breaker.retry_after_ms(now_ms))
                     .min()
                     .unwrap_or(1000);
                 Err(Unavailable::CircuitOpen(wait))
