@@ -329,6 +329,17 @@ backends = [{{ addr = "{addr}" }}]
     }
     drop(old_conns);
     assert!(wait_exit(&mut old).await.success());
+    // The new process polls the hand-over file every 100 ms: the final one (written after
+    // the old process's last request, just before it exits) is merged within that.
+    let log_path = old.dir().join("new.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("keys merged (final)")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Now only the new process serves.
     let health = json(client().get(old.admin_url("/health")).send().await.unwrap()).await;
@@ -350,7 +361,7 @@ backends = [{{ addr = "{addr}" }}]
     let r = get("/drain").await;
     assert_eq!(r.headers()["x-ratelimit-daily-remaining"], "988");
 
-    let log = std::fs::read_to_string(old.dir().join("new.log")).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("ignoring the rate-limit hand-over"),
         "the corrupt file was reported:\n{log}"
