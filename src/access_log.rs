@@ -61,6 +61,10 @@ pub struct Entry<'a> {
     /// HTTP status that answer stands for, although HTTP 200 went on the wire).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<&'static str>,
+    /// On a caching route, what the cache did: `HIT`, `MISS`, `STALE` or `REVALIDATED` (the
+    /// `X-Cache` header sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
 }
 
 /// The request-path side of the access log.
@@ -227,6 +231,7 @@ mod tests {
             tier: None,
             rate_limited: None,
             grpc_status: None,
+            cache: None,
         };
         let line = serde_json::to_string(&entry).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | process primitives | [`clock`], [`signals`] |
 //! | configuration | [`config`] |
-//! | domain | [`bounded`], [`routing`], [`forwarding`], [`grpc`], [`hygiene`], [`tls`], [`request_id`], [`trace`], [`auth`], [`ratelimit`], [`upstream`], [`refusal`], [`policy`], [`access_log`] |
+//! | domain | [`bounded`], [`routing`], [`forwarding`], [`grpc`], [`hygiene`], [`tls`], [`request_id`], [`trace`], [`auth`], [`ratelimit`], [`upstream`], [`refusal`], [`policy`], [`cache`], [`access_log`] |
 //! | metrics registry | [`metrics`] |
 //! | snapshot | [`snapshot`] |
 //! | background services | [`services`] |
@@ -26,8 +26,9 @@
 //! | `upstream_peer` | deadline, concurrency cap, backend choice among healthy backends with closed breakers (503/504) | [`upstream`], [`proxy`] |
 //! | `fail_to_connect`, `error_while_proxy` | outcome recording and retry decisions | [`proxy`], [`upstream`] |
 //! | `upstream_response_filter` | outcome (5xx or success) for the breaker | [`upstream`] |
+//! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter` | the route's response cache: key, purge records, what is stored, variants | [`cache`], [`proxy`] |
 //! | `upstream_request_filter` | the pipeline's `on_upstream_request` (credentials hidden, `strip_prefix`, identity headers), `X-Forwarded-*`, `X-Request-Id` | [`policy`], [`forwarding`] |
-//! | `response_filter` | `X-Request-Id` echoed, the pipeline's `on_response` (rate-limit headers) | [`policy`] |
+//! | `response_filter` | `X-Request-Id` echoed, the pipeline's `on_response` (rate-limit headers), `X-Cache` | [`policy`], [`proxy`] |
 //! | `response_body_filter` | the pipeline's `on_response_body` | [`policy`] |
 //! | `fail_to_proxy` | 502/503/504 JSON answers | [`proxy::respond`] |
 //! | `logging` | metrics, the pipeline's `on_log`, the access log | [`metrics`], [`access_log`] |
@@ -39,6 +40,7 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod bounded;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -16,6 +16,7 @@ use prometheus::{
 
 use crate::auth::jwks::JwksMetrics;
 use crate::auth::{AuthCounters, Reason};
+use crate::cache::StorageMetrics;
 use crate::config::{FailureKind, ProviderId, UpstreamSpec};
 use crate::policy::template::{SkipCounters, SKIP_REASONS};
 use crate::policy::PolicyMetrics;
@@ -76,7 +77,16 @@ pub struct Metrics {
     pub circuit_peer_transitions: IntCounterVec,
     /// Failed Redis operations of the shared breakers.
     pub circuit_shared_errors: IntCounter,
+    cache_requests: IntCounterVec,
+    cache_storage: StorageMetrics,
+    cache_purges: IntCounterVec,
 }
+
+/// `gatehouse_cache_requests_total` of one caching route, by [`CACHE_RESULTS`].
+pub type CacheResults = [IntCounter; 4];
+
+/// What became of a request that used the cache (the `X-Cache` values, lowercase).
+pub const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "stale", "revalidated"];
 
 /// `gatehouse_edge_refusals_total`, by reason ([`EDGE_REASONS`]).
 #[derive(Clone)]
@@ -348,6 +358,38 @@ impl Metrics {
             ),
             &["result"],
         ));
+        let cache_requests = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_cache_requests_total",
+                "Requests that used the response cache, by route and result: hit, miss (fetched from the upstream, stored or not), stale (served stale), revalidated (the upstream confirmed the stored response).",
+            ),
+            &["route", "result"],
+        ));
+        let cache_storage = StorageMetrics {
+            evictions: must(IntCounter::new(
+                "gatehouse_cache_evictions_total",
+                "Cached responses removed to keep the cache within [cache] max_size.",
+            )),
+            too_large: must(IntCounter::new(
+                "gatehouse_cache_too_large_total",
+                "Responses not cached because their body exceeded [cache] max_object_size.",
+            )),
+            entries: must(IntGauge::new(
+                "gatehouse_cache_entries",
+                "Responses in the cache.",
+            )),
+            bytes: must(IntGauge::new(
+                "gatehouse_cache_stored_bytes",
+                "Bytes of cached responses (bodies, headers and a fixed allowance per entry).",
+            )),
+        };
+        let cache_purges = must(IntCounterVec::new(
+            Opts::new(
+                "gatehouse_cache_purges_total",
+                "Purges requested through the admin API, by route.",
+            ),
+            &["route"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "Build information."),
             &["version"],
@@ -387,6 +429,12 @@ impl Metrics {
             Box::new(introspection.clone()),
             Box::new(circuit_peer_transitions.clone()),
             Box::new(circuit_shared_errors.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(cache_storage.evictions.clone()),
+            Box::new(cache_storage.too_large.clone()),
+            Box::new(cache_storage.entries.clone()),
+            Box::new(cache_storage.bytes.clone()),
+            Box::new(cache_purges.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -420,7 +468,25 @@ impl Metrics {
             introspection,
             circuit_peer_transitions,
             circuit_shared_errors,
+            cache_requests,
+            cache_storage,
+            cache_purges,
         })
+    }
+
+    /// The cache result counters of a caching route (pre-created at zero).
+    pub fn cache_results(&self, route: &str) -> CacheResults {
+        CACHE_RESULTS.map(|r| self.cache_requests.with_label_values(&[route, r]))
+    }
+
+    /// The cache storage's counters and gauges.
+    pub fn cache_storage(&self) -> StorageMetrics {
+        self.cache_storage.clone()
+    }
+
+    /// Counts a purge of `route`.
+    pub fn cache_purge(&self, route: &str) {
+        self.cache_purges.with_label_values(&[route]).inc();
     }
 
     /// Handles for a route (use [`NO_ROUTE`] for both names when nothing matched).

@@ -87,6 +87,7 @@ pub fn run(config: Config, cli: &Cli) -> ! {
     let (access_log, access_log_lines) =
         crate::access_log::new(&config.access_log, metrics.access_log_dropped.clone());
 
+    let cache = crate::cache::Cache::install(&config.cache, metrics.cache_storage());
     let tls_conns = Arc::new(crate::tls::Connections::default());
     let pingora_conf = Arc::clone(&server.configuration);
     let http = |h2c: bool| {
@@ -97,6 +98,7 @@ pub fn run(config: Config, cli: &Cli) -> ! {
                 Arc::clone(&metrics),
                 access_log.clone(),
                 Arc::clone(&tls_conns),
+                cache,
             ),
         );
         let mut options = HttpServerOptions::default();
@@ -157,7 +159,12 @@ pub fn run(config: Config, cli: &Cli) -> ! {
     if let Some(admin) = &config.admin {
         let mut service = Service::new(
             "gatehouse admin".to_string(),
-            AdminApp::new(store.clone(), Arc::clone(&metrics), Arc::clone(&reloader)),
+            AdminApp::new(
+                store.clone(),
+                Arc::clone(&metrics),
+                Arc::clone(&reloader),
+                cache,
+            ),
         );
         service.add_listener(listener(&admin.listen, 0));
         service.threads = Some(1);

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "upstream",
             "refusal",
             "policy",
+            "cache",
             "access_log",
         ],
     ),

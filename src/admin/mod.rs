@@ -4,6 +4,7 @@
 //! (`status.html`, embedded), which asks for the token and reads `/admin/*` with it.
 
 mod page;
+mod purge;
 mod summary;
 mod views;
 
@@ -14,6 +15,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::services::reload::{ReloadOutcome, Reloader};
 use crate::snapshot::SnapshotStore;
@@ -23,16 +25,23 @@ pub struct AdminApp {
     store: SnapshotStore,
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
+    cache: &'static Cache,
     started: std::time::SystemTime,
 }
 
 impl AdminApp {
-    /// An admin app over the live snapshot, metrics and reloader.
-    pub fn new(store: SnapshotStore, metrics: Arc<Metrics>, reloader: Arc<Reloader>) -> Self {
+    /// An admin app over the live snapshot, metrics, reloader and response cache.
+    pub fn new(
+        store: SnapshotStore,
+        metrics: Arc<Metrics>,
+        reloader: Arc<Reloader>,
+        cache: &'static Cache,
+    ) -> Self {
         AdminApp {
             store,
             metrics,
             reloader,
+            cache,
             started: std::time::SystemTime::now(),
         }
     }
@@ -93,6 +102,15 @@ impl ServeHttp for AdminApp {
                 if let Some(refusal) = self.refuse_unauthorised(session) {
                     return refusal;
                 }
+                if segments[1..] == ["cache", "purge"]
+                    && session.req_header().method == Method::POST
+                {
+                    let body = match read_body(session, purge::MAX_BODY).await {
+                        Ok(body) => body,
+                        Err(response) => return response,
+                    };
+                    return purge::purge(&self.store.load(), self.cache, &self.metrics, &body);
+                }
                 self.admin(session.req_header().method.clone(), &segments[1..])
                     .await
             }
@@ -152,9 +170,36 @@ impl AdminApp {
                 | ["summary"]
                 | ["config"]
                 | ["reload"]
+                | ["cache", "purge"]
                 | ["upstreams", _, "backends", _, "drain" | "enable"],
             ) => views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+}
+
+/// The request body, at most `max` bytes (else the response to send: 413, or 400 when the
+/// body could not be read).
+async fn read_body(session: &mut ServerSession, max: usize) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max {
+                    return Err(views::error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("request body over {max} bytes"),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(views::error(
+                    StatusCode::BAD_REQUEST,
+                    "cannot read the request body",
+                ))
+            }
         }
     }
 }

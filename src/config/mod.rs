@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod cors;
 pub mod error;
 pub mod ids;
@@ -78,6 +79,8 @@ pub struct Config {
     pub rate_limit: RateLimitSettings,
     /// Span export.
     pub tracing: tracing::TracingSettings,
+    /// The response cache's memory.
+    pub cache: cache::CacheSettings,
     /// Problems that do not make the file invalid (a certificate about to expire); printed by
     /// `-t` and logged when the file is loaded.
     #[serde(skip)]
@@ -225,6 +228,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
     let (auth, providers) = auth::read(&mut r, top.get("auth").as_ref());
     let rate_limit = rate_limit::read(&mut r, top.get("rate_limit").as_ref());
     let tracing = tracing::read(&mut r, top.get("tracing").as_ref());
+    let cache = cache::read(&mut r, top.get("cache").as_ref());
     let tiers: Vec<String> = rate_limit.tiers.iter().map(|t| t.name.clone()).collect();
     let mut upstreams = Vec::new();
     let mut declared_upstreams = Vec::new();
@@ -297,5 +301,6 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigErrors> {
         auth,
         rate_limit,
         tracing,
+        cache,
     })
 }

@@ -114,6 +114,8 @@ pub struct RouteSpec {
     /// An upgraded connection with no frame either way for this long is closed.
     #[serde(serialize_with = "ser::duration")]
     pub websocket_idle_timeout: std::time::Duration,
+    /// Response caching, when the route caches.
+    pub cache: Option<super::cache::RouteCache>,
 }
 
 /// Methods a route may list. Extension methods are not routable by name.
@@ -368,6 +370,9 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
         .get("websocket_idle_timeout")
         .and_then(|n| r.duration(&n))
         .unwrap_or(std::time::Duration::from_secs(600));
+    let cache = t
+        .get("cache")
+        .and_then(|n| super::cache::read_route(r, &n, !auth.is_empty() || t.get("auth").is_some()));
     if let Some(up) = &upstream {
         let protocol = declared.protocols.get(up.id.index()).copied();
         if (grpc || grpc_web) && protocol == Some(super::Protocol::Http1) {
@@ -414,6 +419,7 @@ pub fn read(r: &mut Reader<'_>, node: &Node<'_, '_>, declared: &Declared<'_>) ->
         grpc_web,
         websocket,
         websocket_idle_timeout,
+        cache,
     })
 }
 

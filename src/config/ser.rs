@@ -27,6 +27,11 @@ pub fn header_name<S: Serializer>(h: &HeaderName, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(h.as_str())
 }
 
+/// Header names, as a list of their lowercase texts.
+pub fn header_names<S: Serializer>(h: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(h.iter().map(HeaderName::as_str))
+}
+
 /// Header name/value pairs as a JSON object.
 pub fn headers<S: Serializer>(h: &[(HeaderName, HeaderValue)], s: S) -> Result<S::Ok, S::Error> {
     let mut map = s.serialize_map(Some(h.len()))?;

@@ -46,6 +46,10 @@ pub struct RequestCtx {
     pub grpc_answer: Option<(u16, crate::grpc::Code)>,
     /// Keeps an upgraded WebSocket counted while it is open.
     pub websocket: Option<WebSocketGuard>,
+    /// The route's response cache is on for this request.
+    pub caching: bool,
+    /// What the cache did (set with the response header).
+    pub cache: Option<super::cache::CacheResult>,
 }
 
 impl RequestCtx {
@@ -68,6 +72,8 @@ impl RequestCtx {
             connection: None,
             grpc_answer: None,
             websocket: None,
+            caching: false,
+            cache: None,
         }
     }
 }

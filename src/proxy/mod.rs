@@ -12,6 +12,7 @@
 //! access log.
 
 mod attempt;
+pub mod cache;
 pub mod ctx;
 pub mod listener;
 mod record;
@@ -26,6 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -48,6 +51,8 @@ pub struct Gateway {
     /// Whether the gRPC-Web bridge module is installed: only when a route of the starting
     /// configuration uses it (a reload that enables it reports that it needs an upgrade).
     grpc_web_bridge: bool,
+    /// The response cache (used by routes with a `cache` table).
+    cache: &'static crate::cache::Cache,
 }
 
 impl Gateway {
@@ -57,6 +62,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         access_log: AccessLog,
         tls_conns: Arc<crate::tls::Connections>,
+        cache: &'static crate::cache::Cache,
     ) -> Self {
         let grpc_web_bridge = store.load().config().routes.iter().any(|r| r.grpc_web);
         Gateway {
@@ -65,6 +71,7 @@ impl Gateway {
             access_log,
             tls_conns,
             grpc_web_bridge,
+            cache,
         }
     }
 }
@@ -259,6 +266,58 @@ impl ProxyHttp for Gateway {
         attempt::choose_peer(session, ctx).await
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        cache::request_filter(self.cache, session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        cache::key(session, ctx).ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "cache enabled without a caching route",
+            )
+        })
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(cache::hit_filter(self.cache, session, meta, ctx))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(cache::response_cacheable(session, resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, ctx, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::should_serve_stale(error)
+    }
+
     /// The request as Pingora's own error lines show it: method, path without the query (a
     /// query may carry credentials, such as `?api_key=`), host and request id.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
@@ -395,6 +454,7 @@ impl ProxyHttp for Gateway {
             snapshot
                 .pipeline(route)
                 .on_response(session.req_header(), resp, state)?;
+            cache::response_filter(session, resp, ctx);
             if resp.status == http::StatusCode::SWITCHING_PROTOCOLS
                 && crate::policy::protocols::is_websocket_upgrade(session.req_header())
             {

@@ -24,6 +24,9 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) -> 
         .record(status, elapsed.as_secs_f64());
     if let Some(route) = state.route {
         snapshot.pipeline(route).on_log(state, status);
+        if let (Some(result), Some(caching)) = (ctx.cache, snapshot.caching(route)) {
+            caching.results[result as usize].inc();
+        }
     }
     let upstream = state.route.map(|r| snapshot.upstream_of(r));
     if let (Some(u), Some(t)) = (upstream, ctx.upstream_elapsed) {
@@ -68,6 +71,7 @@ pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) -> 
                 rate_limited: state.ratelimit.map(|d| !d.allowed),
                 auth_method: state.identity.as_ref().map(|i| i.method.as_str()),
                 grpc_status: ctx.grpc_answer.map(|(_, code)| code.as_str()),
+                cache: ctx.cache.map(|c| c.header()),
             })
         });
     }

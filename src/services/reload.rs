@@ -190,6 +190,10 @@ fn fixed_settings_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.read_buffer != b.read_buffer {
         changed.push("server.read_buffer");
     }
+    if old.cache != new.cache {
+        // The storage, its eviction manager and the cache lock are built once, at start.
+        changed.push("cache (max_size, max_object_size, lock_timeout)");
+    }
     if a.limits.max_header_bytes != b.limits.max_header_bytes
         || a.limits.max_headers != b.limits.max_headers
     {

@@ -11,13 +11,24 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth::Authenticator;
+use crate::cache::CachePolicy;
 use crate::config::{Config, RouteId, UpstreamId};
 use crate::forwarding::TrustedProxies;
-use crate::metrics::{EdgeCounters, Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE};
+use crate::metrics::{
+    CacheResults, EdgeCounters, Metrics, RouteMetrics, UpstreamMetrics, NO_ROUTE,
+};
 use crate::policy::{Parts, Pipeline};
 use crate::ratelimit::RateLimiter;
 use crate::routing::Router;
 use crate::upstream::{Cluster, UpstreamState};
+
+/// A caching route's policy and result counters.
+pub struct RouteCaching {
+    /// What the route caches and how.
+    pub policy: CachePolicy,
+    /// `gatehouse_cache_requests_total` of the route, by [`crate::metrics::CACHE_RESULTS`].
+    pub results: CacheResults,
+}
 
 /// Everything the request path needs, built from one configuration.
 pub struct Snapshot {
@@ -31,6 +42,7 @@ pub struct Snapshot {
     auth: Arc<Authenticator>,
     ratelimit: Arc<RateLimiter>,
     pipelines: Vec<Pipeline>,
+    caching: Vec<Option<RouteCaching>>,
     edge: EdgeCounters,
     certs: Option<Arc<crate::tls::CertStore>>,
     generation: u64,
@@ -90,7 +102,18 @@ impl Snapshot {
                 Pipeline::build(r, &parts, metrics)
             })
             .collect();
+        let caching = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.cache.as_ref().map(|spec| RouteCaching {
+                    policy: CachePolicy::new(&r.name, spec),
+                    results: metrics.cache_results(&r.name),
+                })
+            })
+            .collect();
         Snapshot {
+            caching,
             router: Router::new(&config.routes),
             trusted: TrustedProxies::new(&config.server.trusted_proxies),
             // Resolving the handles also makes each route's series visible at zero.
@@ -161,6 +184,11 @@ impl Snapshot {
     /// The policy pipeline of route `route`.
     pub fn pipeline(&self, route: RouteId) -> &Pipeline {
         &self.pipelines[route.index()]
+    }
+
+    /// The route's response caching, when it caches.
+    pub fn caching(&self, route: RouteId) -> Option<&RouteCaching> {
+        self.caching[route.index()].as_ref()
     }
 
     /// Peers whose forwarding headers are believed.
