@@ -23,6 +23,7 @@ Usage: scripts/proxy-bench.py [--duration S] [--rounds N] [--skip-throughput] [-
 """
 
 import argparse
+import urllib.request
 import json
 import os
 import shutil
@@ -160,11 +161,15 @@ http {{
         self.ws_port = self.ws_backend()
         proxy = ("location / { proxy_pass http://backend; proxy_http_version 1.1; "
                  "proxy_set_header Connection \"\"; }\n"
+                 "location /cached { proxy_pass http://backend; proxy_http_version 1.1; "
+                 "proxy_set_header Connection \"\"; proxy_cache bench; "
+                 "proxy_cache_valid 200 10m; add_header X-Cache $upstream_cache_status; }\n"
                  f"location /ws {{ proxy_pass http://127.0.0.1:{self.ws_port}; "
                  "proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
                  "proxy_set_header Connection upgrade; proxy_read_timeout 1h; }")
         self.nginx_proc = self.nginx(
             "proxy", 0,
+            f"proxy_cache_path {w}/nginx-cache keys_zone=bench:10m;\n"
             f"server {{ listen 127.0.0.1:{self.nginx_port}; {proxy} }}\n"
             f"server {{ listen 127.0.0.1:{self.nginx_tls_port} ssl http2; ssl_certificate {w}/tls.pem; "
             f"ssl_certificate_key {w}/tls.key; ssl_protocols TLSv1.2 TLSv1.3; "
@@ -246,6 +251,12 @@ path_prefix = "/introspect"
 upstream = "b"
 auth = ["introspection:i"]
 rate_limit = {{ key = "consumer", default_tier = "big" }}
+[[routes]]
+name = "cached"
+path_prefix = "/cached"
+upstream = "b"
+[routes.cache]
+ttl = "10m"
 """
             path = f"{w}/{name}.toml"
             with open(path, "w") as f:
@@ -261,6 +272,13 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
             wait_up(port)
         for port in (self.gw_port, self.gw_log_port, self.gw_tr0_port, self.gw_tr1_port):
             wait_up(port, "/plain")
+        # The cached cases measure hits: fill both caches and check that they answer.
+        for port in (self.nginx_port, self.gw_port):
+            url = f"http://127.0.0.1:{port}/cached"
+            urllib.request.urlopen(url, timeout=5).read()
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.headers.get("X-Cache") != "HIT":
+                    raise SystemExit(f"{url}: X-Cache {r.headers.get('X-Cache')}, not HIT")
 
     def introspection_endpoint(self):
         """An RFC 7662 endpoint on CPU 1: every token is active for an hour (the gateway asks
@@ -345,6 +363,10 @@ rate_limit = {{ key = "consumer", default_tier = "big" }}
             ("gatehouse introspection (cached) + rate limit", lambda: [self.gw_proc.pid],
              f"http://127.0.0.1:{self.gw_port}/introspect",
              ("Authorization: Bearer opaque-bench-token",)),
+            ("nginx proxy_cache (hit)", lambda: children_pids(n),
+             f"http://127.0.0.1:{self.nginx_port}/cached", ()),
+            ("gatehouse cached route (hit)", lambda: [self.gw_proc.pid],
+             f"http://127.0.0.1:{self.gw_port}/cached", ()),
             ("gatehouse routing + tracing, sample_ratio 0", lambda: [self.gw_tr0_proc.pid],
              f"http://127.0.0.1:{self.gw_tr0_port}/plain", ()),
             ("gatehouse routing + tracing, sample_ratio 1", lambda: [self.gw_tr1_proc.pid],

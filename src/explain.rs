@@ -151,6 +151,7 @@ const POLICY_ORDER: &[&str] = &[
     "rate_limit",
     "rate_limit_tiers",
     "adaptive_limit",
+    "cache",
     "request_headers",
     "request_body",
     "strip_prefix",

@@ -349,6 +349,75 @@ fn resilience_problems_are_reported() {
 }
 
 #[test]
+fn cache_problems_are_reported() {
+    let route =
+        format!("{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"users\"\n");
+    rejects(
+        &format!("{route}[routes.cache]\nmethods = [\"GET\", \"POST\"]\n"),
+        "8:19",
+        "routes[0].cache.methods[1]: \"POST\" responses are not cached (only GET and HEAD)",
+    );
+    rejects(
+        &format!("{route}[routes.cache]\nstatuses = [200, 500]\n"),
+        "8:18",
+        "routes[0].cache.statuses[1]: 500 responses are not cached",
+    );
+    rejects(
+        &format!("{route}[routes.cache]\nttl = \"10m\"\nmax_ttl = \"1m\"\n"),
+        "9:11",
+        "routes[0].cache.max_ttl: ttl must not exceed max_ttl",
+    );
+    rejects(
+        &format!("{route}[routes.cache]\nkey = [\"path\", \"cookie\"]\n"),
+        "8:16",
+        "routes[0].cache.key[1]: unknown key part \"cookie\"",
+    );
+    rejects(
+        &format!("{route}[routes.cache]\nkey = [\"path\", \"consumer\"]\n"),
+        "8:7",
+        "routes[0].cache.key: \"consumer\" in the key needs auth on the route",
+    );
+    rejects(
+        &format!("{route}[routes.cache]\nkey = [\"query\"]\n"),
+        "8:7",
+        "routes[0].cache.key: key must include \"path\"",
+    );
+    rejects(
+        &format!("{route}[routes.cache]\nttl_seconds = 5\n"),
+        "8:1",
+        "routes[0].cache.ttl_seconds: unknown key",
+    );
+    rejects(
+        "[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"2MiB\"\n",
+        "3:19",
+        "cache.max_object_size: max_object_size must not exceed max_size",
+    );
+    // An authenticated route keeps consumers apart unless it says they share.
+    let authenticated = format!(
+        "[auth.jwt.j]\nalgorithms = [\"RS256\"]\npublic_key_file = \"{}/tests/fixtures/keys/rsa1.pub\"\n{UPSTREAM}[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"users\"\nauth = [\"jwt:j\"]\n[routes.cache]\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    rejects(
+        &format!("{authenticated}key = [\"path\"]\n"),
+        "12:7",
+        "routes[0].cache.key: on an authenticated route the key must include \"consumer\"",
+    );
+    let ok = format!("{authenticated}key = [\"path\"]\nshared = true\n");
+    let config = gatehouse::config::parse(std::path::Path::new(FILE), &ok).expect("valid");
+    assert!(config.routes[0].cache.as_ref().unwrap().shared);
+    let default_key = format!("{authenticated}ttl = \"5s\"\n");
+    let config = gatehouse::config::parse(std::path::Path::new(FILE), &default_key).expect("valid");
+    assert_eq!(
+        config.routes[0].cache.as_ref().unwrap().key,
+        [
+            gatehouse::config::cache::KeyPart::Path,
+            gatehouse::config::cache::KeyPart::Query,
+            gatehouse::config::cache::KeyPart::Consumer
+        ]
+    );
+}
+
+#[test]
 fn upstream_protocol_problems_are_reported() {
     let u = "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:9001\" }]\n";
     rejects(
