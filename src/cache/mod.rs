@@ -23,7 +23,7 @@ pub mod storage;
 use pingora::cache::eviction::lru::Manager;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
-use pingora::cache::HttpCache;
+use pingora::cache::{CacheOptionOverrides, HttpCache};
 
 pub use policy::CachePolicy;
 pub use purge::Purges;
@@ -70,14 +70,20 @@ impl Cache {
         }))
     }
 
-    /// Turns the cache on for one request.
-    pub fn enable(&'static self, cache: &mut HttpCache) {
+    /// Turns the cache on for one request. `deadline`: the route's timeout, which also bounds
+    /// how long the request waits for another one fetching the same response.
+    pub fn enable(&'static self, cache: &mut HttpCache, deadline: Option<std::time::Duration>) {
+        let overrides = deadline.map(|d| {
+            let mut o = CacheOptionOverrides::default();
+            o.wait_timeout = Some(d.min(self.settings.lock_timeout));
+            o
+        });
         cache.enable(
             self.storage,
             Some(self.eviction),
             Some(self.predictor),
             Some(self.lock),
-            None,
+            overrides,
         );
     }
 

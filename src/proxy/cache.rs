@@ -57,7 +57,8 @@ pub fn request_filter(cache: &'static Cache, session: &mut Session, ctx: &mut Re
         return;
     };
     if caching.policy.applies_to(session.req_header()) {
-        cache.enable(&mut session.cache);
+        let deadline = ctx.snapshot.config().route(route).timeout;
+        cache.enable(&mut session.cache, deadline);
         ctx.caching = true;
     }
 }

@@ -138,6 +138,9 @@ pub fn export_trace(session: &Session, ctx: &mut RequestCtx, status: u16) {
     if let Some(id) = &state.identity {
         attributes.push(("consumer", Value::Str(id.consumer.clone())));
     }
+    if let Some(cache) = ctx.cache {
+        attributes.push(("cache", Value::Static(cache.header())));
+    }
     attributes.push((
         "request_id",
         Value::Str(state.request_id.as_str().to_string()),
