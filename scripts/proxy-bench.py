@@ -73,9 +73,18 @@ def rss_kb(pid):
 
 
 def children_pids(pid):
-    """nginx: the master and its worker."""
+    """nginx: the master and its worker (not the proxy_cache loader, which exits a minute
+    after start, nor the cache manager, which only wakes to expire files)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [pid] + [int(p) for p in out.split()]
+    pids = [pid]
+    for p in out.split():
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if b"worker process" in f.read():
+                    pids.append(int(p))
+        except OSError:
+            pass
+    return pids
 
 
 def wait_up(port, path="/", timeout=20):
@@ -96,6 +105,10 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.work = tempfile.mkdtemp(prefix="proxy-bench-")
+        # nginx workers (an unprivileged user when run as root) write proxy_cache files.
+        os.chmod(self.work, 0o755)
+        os.makedirs(os.path.join(self.work, "nginx-cache"), mode=0o777)
+        os.chmod(os.path.join(self.work, "nginx-cache"), 0o777)
         self.procs = []
 
     def spawn(self, cmd, cpu, env=None, **kw):
@@ -123,6 +136,7 @@ class Bench:
     def nginx(self, name, cpu, servers):
         d = os.path.join(self.work, name)
         os.makedirs(d)
+        os.chmod(d, 0o777)
         conf = f"""daemon off;
 worker_processes 1;
 pid {d}/nginx.pid;
@@ -275,10 +289,14 @@ ttl = "10m"
         # The cached cases measure hits: fill both caches and check that they answer.
         for port in (self.nginx_port, self.gw_port):
             url = f"http://127.0.0.1:{port}/cached"
-            urllib.request.urlopen(url, timeout=5).read()
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.headers.get("X-Cache") != "HIT":
-                    raise SystemExit(f"{url}: X-Cache {r.headers.get('X-Cache')}, not HIT")
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    x_cache = r.headers.get("X-Cache")
+            except OSError as e:
+                raise SystemExit(f"{url}: {e}")
+            if x_cache != "HIT":
+                raise SystemExit(f"{url}: X-Cache {x_cache}, not HIT")
 
     def introspection_endpoint(self):
         """An RFC 7662 endpoint on CPU 1: every token is active for an hour (the gateway asks

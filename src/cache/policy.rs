@@ -101,10 +101,8 @@ impl CachePolicy {
 
     /// Whether this request uses the cache.
     pub fn applies_to(&self, req: &RequestHeader) -> bool {
-        let method_ok = req.method == Method::GET
-            || (req.method == Method::HEAD && self.spec.methods.contains(&Method::HEAD));
-        let method_ok =
-            method_ok && (req.method != Method::GET || self.spec.methods.contains(&Method::GET));
+        // (`methods` holds only GET and HEAD.)
+        let method_ok = self.spec.methods.contains(&req.method);
         let has_body = req.headers.contains_key(TRANSFER_ENCODING)
             || req
                 .headers
