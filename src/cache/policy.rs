@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use blake2::Digest;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, SET_COOKIE, TRANSFER_ENCODING, UPGRADE, VARY};
-use http::{HeaderName, Method};
+use http::HeaderName;
 use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
 use pingora::cache::key::HashBinary;
 use pingora::cache::{filters, CacheKey, CacheMeta, CacheMetaDefaults, NoCacheReason};
@@ -243,6 +243,7 @@ fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
     use pingora::cache::key::CacheHashKey;
 
     fn spec() -> RouteCache {
