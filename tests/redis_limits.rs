@@ -223,9 +223,16 @@ async fn batched_sync_stays_within_bounds_with_few_redis_calls() {
         ok as f64 >= limit * 0.90,
         "under-admitted: {ok} < 90 % of {limit:.0}"
     );
+    // Calls follow time, not demand: one per batch admitted, plus, while the key is refused,
+    // one per blocked interval (batch / rps = 100 ms here) per instance and concurrent
+    // request. Demand varies with the machine's load; the calls per second do not.
     assert!(
-        calls * 10 <= total,
+        calls * 5 <= total,
         "{calls} Redis calls for {total} requests"
+    );
+    assert!(
+        calls as f64 <= 150.0 * elapsed,
+        "{calls} Redis calls in {elapsed:.1} s"
     );
 }
 
