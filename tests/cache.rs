@@ -324,10 +324,11 @@ async fn responses_are_served_from_the_cache_until_they_expire() {
 async fn what_must_not_be_stored_is_not() {
     let origin = Origin::start();
     let body = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         upstream(&origin),
         route("c", "", "ttl = \"60s\""),
         route("notfound", "", "ttl = \"60s\"\nstatuses = [200, 404]"),
+        route("moved", "", "ttl = \"60s\"\nstatuses = [200, 301]"),
     );
     let gw = Gatehouse::start(&body);
     for path in [
@@ -367,6 +368,13 @@ async fn what_must_not_be_stored_is_not() {
     );
     let again = get(&gw, "/notfound/x?status=404", &[]).await;
     assert_eq!((again.status, again.x_cache.as_str()), (404, "HIT"));
+    // 301 likewise, only where listed.
+    assert_eq!(get(&gw, "/c/x?status=301", &[]).await.x_cache, "MISS");
+    assert_eq!(get(&gw, "/c/x?status=301", &[]).await.x_cache, "MISS");
+    assert_eq!(get(&gw, "/moved/x?status=301", &[]).await.x_cache, "MISS");
+    let moved = get(&gw, "/moved/x?status=301", &[]).await;
+    assert_eq!((moved.status, moved.x_cache.as_str()), (301, "HIT"));
+    assert_eq!(origin.hits("/moved/x?status=301"), 1);
     // A client's Authorization on a public route: stored only if the response allows it.
     let auth = [("authorization", "Bearer some-token-for-the-origin")];
     get(&gw, "/c/authz", &auth).await;
