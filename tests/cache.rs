@@ -692,6 +692,23 @@ async fn head_and_ranges_are_answered_from_a_cached_get() {
     let range = get(&gw, "/c/r", &[("range", "bytes=0-2")]).await;
     assert_eq!((range.status, range.body.as_str()), (206, &full.body[..3]));
     assert_eq!(range.x_cache, "HIT");
+    // HTTP/2 (h2c, from curl) shares the entries of HTTP/1.1: the key holds the host without
+    // the port, from Host or the authority.
+    let h2 = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(gw.url("/c/r"))
+        .output()
+        .expect("curl");
+    let head_text = String::from_utf8_lossy(&h2.stdout).to_ascii_lowercase();
+    assert!(head_text.starts_with("http/2 200"), "{head_text}");
+    assert!(head_text.contains("x-cache: hit"), "{head_text}");
     assert_eq!(origin.hits("/c/r"), 1);
     // A HEAD miss fetches a GET upstream, so the body it stores serves the next GET.
     let head = client().head(gw.url("/c/h")).send().await.unwrap();

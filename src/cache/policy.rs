@@ -5,8 +5,8 @@
 //! Decisions (where HTTP caching leaves a choice, what nginx and RFC 9111 do):
 //! - Only GET and HEAD without a body or an `Upgrade` use the cache; a HEAD miss fetches a GET
 //!   upstream (Pingora does this), so HEAD and GET share entries.
-//! - The key is the route, the `Host` and the configured parts ([`KeyPart`]), each
-//!   length-prefixed before hashing (no two different requests frame to the same bytes).
+//! - The key is the route, the host (`Host` or the HTTP/2 authority, without the port) and
+//!   the configured parts ([`KeyPart`]), each length-prefixed before hashing (no two different requests frame to the same bytes).
 //! - A response is stored when its status is listed, it sets no cookie, its `Vary` is not `*`
 //!   and its `Cache-Control` has neither `no-store` nor `private`. Freshness: `s-maxage`, else
 //!   `max-age`, else `Expires`, else the route's `ttl`; never beyond `max_ttl`. `no-cache`
@@ -119,11 +119,14 @@ impl CachePolicy {
             h.update(bytes);
         };
         part(self.route.as_bytes());
+        // The name the route matched on: `Host` (HTTP/1.1) or the authority (HTTP/2), without
+        // the port, so that both protocols and every listener share entries.
         let host = req
             .headers
             .get(http::header::HOST)
-            .map(|v| v.as_bytes())
-            .or_else(|| req.uri.host().map(str::as_bytes))
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .map(|h| crate::routing::strip_port(h).as_bytes())
             .unwrap_or_default();
         let mut lower = [0u8; 256];
         match host.len() {
@@ -357,6 +360,18 @@ mod tests {
         assert_eq!(
             k("/a?x=1", "api.example.com"),
             k("/a?x=1", "API.example.com")
+        );
+        assert_eq!(
+            k("/a?x=1", "api.example.com"),
+            k("/a?x=1", "api.example.com:8443")
+        );
+        // HTTP/2: no Host header, the authority instead.
+        let mut h2 = RequestHeader::build("GET", b"/a?x=1", None).unwrap();
+        h2.set_uri(http::Uri::from_static("https://api.example.com:8443/a?x=1"));
+        h2.set_version(http::Version::HTTP_2);
+        assert_eq!(
+            p.key(&h2, None).primary_bin(),
+            k("/a?x=1", "api.example.com")
         );
         assert_ne!(
             k("/a?x=1", "api.example.com"),
