@@ -113,6 +113,11 @@ curl -si http://$gw/flaky/x
 curl -s -X POST -H '$admin_auth' http://$admin/admin/upstreams/flaky/backends/$live/enable; echo
 curl -s -o /dev/null -w '%{http_code}\n' http://$gw/flaky/x
 
+# Caching: /cached keeps answers 30 s: MISS, then HIT with Age (the backend is asked once); purged, it is fetched again
+for i in 1 2; do curl -s -o /dev/null -D - http://$gw/cached/item | grep -iE '^(x-cache|age)'; done
+curl -s -X POST -H '$admin_auth' -d '{"route": "cached", "path_prefix": "/cached"}' http://$admin/admin/cache/purge; echo
+curl -s -o /dev/null -D - http://$gw/cached/item | grep -i '^x-cache'
+
 # Operations: backend state, effective configuration (secrets redacted), metrics, explain, reload
 curl -s -H '$admin_auth' http://$admin/admin/upstreams
 curl -s -H '$admin_auth' http://$admin/admin/config | python3 -m json.tool | grep -B1 redacted

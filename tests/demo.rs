@@ -268,6 +268,28 @@ fn demo_script_prints_commands_that_work_verbatim() {
         "flaky: 200 again once enabled",
     );
 
+    // Caching.
+    let cached = s.output("/cached/item | grep -iE").to_ascii_lowercase();
+    let marks: Vec<&str> = cached
+        .lines()
+        .filter(|l| l.starts_with("x-cache"))
+        .collect();
+    check(
+        marks == ["x-cache: miss", "x-cache: hit"] && cached.contains("age: "),
+        "cache: MISS, then HIT with Age",
+    );
+    check(
+        s.output("/admin/cache/purge")
+            .contains(r#""result":"purged""#),
+        "cache purge",
+    );
+    check(
+        s.output("grep -i '^x-cache'")
+            .trim()
+            .eq_ignore_ascii_case("x-cache: miss"),
+        "cache: MISS after the purge",
+    );
+
     // Operations.
     let upstreams =
         s.0.iter()
