@@ -75,6 +75,13 @@ rate_limit = {{ key = "client_ip", default_tier = "free" }}
 name = "slow"
 path_prefix = "/slow"
 upstream = "slow"
+
+[[routes]]
+name = "cached"
+path_prefix = "/cached"
+upstream = "api"
+[routes.cache]
+ttl = "60s"
 "#,
         a = a.addr,
         b = b.addr,
@@ -99,6 +106,13 @@ upstream = "slow"
     for _ in 0..4 {
         assert_eq!(
             http.get(gw.url("/slow/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    // One miss and three hits on "cached".
+    for _ in 0..4 {
+        assert_eq!(
+            http.get(gw.url("/cached/x")).send().await.unwrap().status(),
             200
         );
     }
@@ -177,16 +191,23 @@ upstream = "slow"
             .find(|r| r[0] == name)
             .unwrap_or_else(|| panic!("route {name} not rendered: {ctx}"))
     };
-    // Columns: route, upstream, requests/s, 4xx, 5xx, p50, p99, total.
+    // Columns: route, upstream, requests/s, 4xx, 5xx, p50, p99, cache hits, total.
     let api = route("api");
-    assert_eq!((api[1].as_str(), api[7].as_str()), ("api", "5"), "{ctx}");
+    assert_eq!((api[1].as_str(), api[8].as_str()), ("api", "5"), "{ctx}");
+    assert_eq!(api[7], "–", "a route without a cache: {ctx}");
+    let cached = route("cached");
+    assert_eq!(
+        (cached[7].as_str(), cached[8].as_str()),
+        ("75.0 %", "4"),
+        "{ctx}"
+    );
     assert_eq!(
         (api[3].as_str(), api[4].as_str()),
         ("40.0 %", "0.0 %"),
         "{ctx}"
     );
     let slow_row = route("slow");
-    assert_eq!(slow_row[7], "4", "{ctx}");
+    assert_eq!(slow_row[8], "4", "{ctx}");
     // 40 ms answers fall in the (25 ms, 50 ms] bucket; the page interpolates inside it.
     let (p50, p99) = (millis(&slow_row[5]), millis(&slow_row[6]));
     assert!((25.0..=50.0).contains(&p50), "p50 {p50}: {ctx}");

@@ -1,6 +1,7 @@
 //! `GET /admin/summary`: what the status page shows, in one JSON document — process, config
-//! generation and last reload, per-route traffic (counters and the latency histogram, so that
-//! the page can compute rates and quantiles over its own refresh interval), and rate-limit
+//! generation and last reload, per-route traffic (counters, the latency histogram and, on caching
+//! routes, the cache's results, so that the page can compute rates, quantiles and hit ratios
+//! over its own refresh interval), and rate-limit
 //! decisions per tier. Read from the metrics registry on demand: nothing is added to the
 //! request path.
 
@@ -31,6 +32,22 @@ pub struct RouteTraffic {
     /// Request duration histogram: `[upper bound in seconds, cumulative count]`, ascending,
     /// without the +Inf bucket (that is `requests`).
     pub latency_buckets: Vec<(f64, u64)>,
+    /// On a caching route: what the cache did, by `X-Cache` result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheResults>,
+}
+
+/// A caching route's answers by what the cache did.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct CacheResults {
+    /// Served fresh from the cache.
+    pub hit: u64,
+    /// Fetched from the upstream.
+    pub miss: u64,
+    /// Served stale.
+    pub stale: u64,
+    /// Served after the upstream confirmed it (304).
+    pub revalidated: u64,
 }
 
 /// Rate-limit decisions of one tier, over every route.
@@ -84,6 +101,7 @@ pub fn route_traffic(snapshot: &Snapshot, families: &[MetricFamily]) -> Vec<Rout
         .map(|r| RouteTraffic {
             name: r.name.clone(),
             upstream: r.upstream.name.clone(),
+            cache: r.cache.as_ref().map(|_| CacheResults::default()),
             ..RouteTraffic::default()
         })
         .chain(std::iter::once(RouteTraffic {
@@ -110,6 +128,24 @@ pub fn route_traffic(snapshot: &Snapshot, families: &[MetricFamily]) -> Vec<Rout
                     match label(m, "status") {
                         Some("4xx") => r.client_errors += n,
                         Some("5xx" | "none") => r.server_errors += n,
+                        _ => {}
+                    }
+                }
+            }
+            "gatehouse_cache_requests_total" => {
+                for m in family.get_metric() {
+                    let Some(&i) = label(m, "route").and_then(|r| index.get(r)) else {
+                        continue;
+                    };
+                    let Some(cache) = routes[i].cache.as_mut() else {
+                        continue;
+                    };
+                    let n = m.get_counter().get_value() as u64;
+                    match label(m, "result") {
+                        Some("hit") => cache.hit += n,
+                        Some("miss") => cache.miss += n,
+                        Some("stale") => cache.stale += n,
+                        Some("revalidated") => cache.revalidated += n,
                         _ => {}
                     }
                 }
@@ -195,6 +231,37 @@ mod tests {
                     [[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"u\"\n";
         let config = crate::config::parse(std::path::Path::new("t.toml"), text).unwrap();
         Snapshot::build(config, None, metrics)
+    }
+
+    #[test]
+    fn caching_routes_report_their_cache_results() {
+        let metrics = Metrics::new();
+        let text = "[upstreams.u]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n\
+                    [[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"u\"\n\
+                    [routes.cache]\nttl = \"5s\"\n\
+                    [[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"u\"\n";
+        let config = crate::config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let snap = Snapshot::build(config, None, &metrics);
+        let a = snap.caching(crate::config::RouteId::new(0)).unwrap();
+        a.results[0].inc_by(3);
+        a.results[1].inc();
+        a.results[3].inc();
+        let routes = route_traffic(&snap, &metrics.gather());
+        assert_eq!(
+            routes[0].cache,
+            Some(CacheResults {
+                hit: 3,
+                miss: 1,
+                stale: 0,
+                revalidated: 1
+            })
+        );
+        assert_eq!(
+            routes[1].cache, None,
+            "a route without a cache table has none"
+        );
+        let json = serde_json::to_value(&routes[1]).unwrap();
+        assert!(json.get("cache").is_none());
     }
 
     #[test]
