@@ -1,13 +1,17 @@
 //! The `ProxyHttp` implementation (top layer). It only dispatches: the route's policy
 //! [`Pipeline`](crate::policy::Pipeline) runs in `request_filter`, `upstream_request_filter`,
 //! `response_filter`, `response_body_filter` and `logging`; backend choice and retries are
-//! [`attempt`]; every response the gateway writes itself is [`respond`].
+//! [`attempt`]; every response the gateway writes itself is [`respond`]; the response cache's
+//! phases are [`cache`].
 //!
 //! Phase map: `request_filter` assigns the request id, resolves the client, matches the route
-//! (404/405) and runs the pipeline's `on_request` (401/403/429/503); `upstream_peer`,
+//! (404/405) and runs the pipeline's `on_request` (401/403/429/503); on a caching route the
+//! cache phases then look the response up (served from the cache, or fetched and stored);
+//! `upstream_peer`,
 //! `fail_to_connect`, `error_while_proxy` and `upstream_response_filter` hand attempts to
 //! [`attempt`]; `upstream_request_filter` runs `on_upstream_request` and sets forwarding
-//! headers; `response_filter` echoes the request id and runs `on_response`; `fail_to_proxy`
+//! headers; `response_filter` echoes the request id, runs `on_response` and sets `X-Cache`;
+//! `fail_to_proxy`
 //! maps failures to 502/503/504 JSON answers; `logging` records metrics, `on_log` and the
 //! access log.
 
