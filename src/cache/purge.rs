@@ -1,7 +1,8 @@
 //! Purges by route and path prefix. Stored entries are found by hashes, not by path, so a
 //! purge is a record (route, prefix, time) that every cache hit checks: an entry of that route
-//! under that prefix stored (or last revalidated) at or before the purge is refetched. Every
-//! `Vary` variant goes through the same check, so all of them are purged.
+//! under that prefix (whole path segments, as route prefixes match) stored (or last
+//! revalidated) at or before the purge is refetched. Every `Vary` variant goes through the
+//! same check, so all of them are purged.
 //!
 //! Records are read lock-free on the hit path (`ArcSwap`); a record is dropped once no entry it
 //! covers can still be served (`keep_for` after the purge: the route's `max_ttl` plus its stale
@@ -13,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+
+use crate::routing::prefix_matches;
 
 /// Records kept per route before they collapse into a purge of the whole route.
 pub const MAX_RECORDS: usize = 256;
@@ -30,15 +33,6 @@ pub struct Purges {
     records: ArcSwap<HashMap<String, Arc<[Record]>>>,
     /// Serialises writers (admin requests), never taken on the request path.
     write: Mutex<()>,
-}
-
-/// Whether `path` is `prefix` or lies under it (`/a` covers `/a`, `/a/b`, not `/ab`; `/a/`
-/// covers `/a/b`; `/` covers everything).
-pub fn covers(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
-        None => false,
-    }
 }
 
 impl Purges {
@@ -81,7 +75,7 @@ impl Purges {
         }
         records.get(route).is_some_and(|list| {
             list.iter()
-                .any(|r| stored_at <= r.at && covers(&r.prefix, path))
+                .any(|r| stored_at <= r.at && prefix_matches(&r.prefix, path))
         })
     }
 }
@@ -92,12 +86,12 @@ mod tests {
 
     #[test]
     fn prefixes_cover_whole_segments() {
-        assert!(covers("/a", "/a"));
-        assert!(covers("/a", "/a/b"));
-        assert!(!covers("/a", "/ab"));
-        assert!(covers("/a/", "/a/b"));
-        assert!(covers("/", "/anything"));
-        assert!(!covers("/a/b", "/a"));
+        assert!(prefix_matches("/a", "/a"));
+        assert!(prefix_matches("/a", "/a/b"));
+        assert!(!prefix_matches("/a", "/ab"));
+        assert!(prefix_matches("/a/", "/a/b"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(!prefix_matches("/a/b", "/a"));
     }
 
     #[test]
