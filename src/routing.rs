@@ -222,6 +222,14 @@ impl Router {
     }
 }
 
+/// The request's host: the `Host` header, else the URI authority (HTTP/2).
+pub fn request_host(req: &pingora::http::RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
 /// Whether `path` is `prefix` or continues it at a segment boundary.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {

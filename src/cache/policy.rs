@@ -34,6 +34,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::auth::Identity;
 use crate::config::cache::{KeyPart, RouteCache};
+use crate::routing::{request_host, strip_port};
 
 /// The `NoCacheReason::Custom` of a response whose status is not stored: not remembered as
 /// uncacheable (the next response of the same key may well be a 200).
@@ -121,12 +122,8 @@ impl CachePolicy {
         part(self.route.as_bytes());
         // The name the route matched on: `Host` (HTTP/1.1) or the authority (HTTP/2), without
         // the port, so that both protocols and every listener share entries.
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .map(|h| crate::routing::strip_port(h).as_bytes())
+        let host = request_host(req)
+            .map(|h| strip_port(h).as_bytes())
             .unwrap_or_default();
         let mut lower = [0u8; 256];
         match host.len() {

@@ -41,7 +41,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::access_log::AccessLog;
 use crate::metrics::{ConnectionGuard, Metrics};
 use crate::refusal::Refusal;
-use crate::routing::{RequestView, RouteMatch};
+use crate::routing::{request_host, RequestView, RouteMatch};
 use crate::snapshot::SnapshotStore;
 use ctx::RequestCtx;
 use respond::{REQUEST_ID, REQUEST_ID_NAME, TRACEPARENT, TRACESTATE};
@@ -703,12 +703,4 @@ fn request_host_value(req: &RequestHeader) -> Option<HeaderValue> {
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     }
-}
-
-/// The request's host: the `Host` header, else the URI authority (HTTP/2).
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }

@@ -4,8 +4,8 @@
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use super::request_host;
 use crate::access_log::{self, AccessLog};
+use crate::routing::request_host;
 
 /// Records a finished request; returns the status it counted.
 pub fn finished(access_log: &AccessLog, session: &Session, ctx: &RequestCtx) -> u16 {
