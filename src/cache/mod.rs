@@ -91,15 +91,4 @@ impl Cache {
     pub fn purges(&self) -> &Purges {
         &self.purges
     }
-
-    /// The settings it was built with.
-    pub fn settings(&self) -> &CacheSettings {
-        &self.settings
-    }
-
-    /// Bytes the eviction manager counts as stored.
-    pub fn stored_bytes(&self) -> usize {
-        use pingora::cache::eviction::EvictionManager;
-        self.eviction.total_size()
-    }
 }

@@ -74,11 +74,6 @@ impl CachePolicy {
         &self.route
     }
 
-    /// The settings it was built from.
-    pub fn spec(&self) -> &RouteCache {
-        &self.spec
-    }
-
     /// The longest a stored response may be served stale (whatever the upstream asks): the
     /// route's `max_ttl`, or its configured stale windows when longer.
     fn stale_cap(&self) -> u32 {
@@ -206,24 +201,18 @@ impl CachePolicy {
         if self.spec.vary.is_empty() && !stored.headers.contains_key(VARY) {
             return None;
         }
-        let mut names: Vec<HeaderName> = self.spec.vary.clone();
-        for n in vary_names(stored) {
-            if let Ok(name) = HeaderName::from_bytes(n.as_bytes()) {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
+        // The builder keeps one value per name: a header named twice counts once.
+        let upstream = vary_names(stored).filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok());
         let mut variance = VarianceBuilder::new();
-        for name in &names {
+        for name in self.spec.vary.iter().cloned().chain(upstream) {
             let value = req
                 .headers
-                .get_all(name)
+                .get_all(&name)
                 .iter()
                 .map(|v| v.as_bytes())
                 .collect::<Vec<_>>()
                 .join(&b","[..]);
-            variance.add_owned_value(name.as_str(), value);
+            variance.add_owned_name_value(name.as_str().to_string(), value);
         }
         variance.finalize()
     }

@@ -164,7 +164,8 @@ impl MemoryStorage {
     }
 
     /// Entries stored now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
@@ -172,7 +173,8 @@ impl MemoryStorage {
     }
 
     /// Whether nothing is stored.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
