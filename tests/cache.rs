@@ -168,6 +168,15 @@ async fn respond(
     resp.body(Full::new(Bytes::from(body))).unwrap()
 }
 
+/// The value of the sample `series` (name and labels as exposed) in a metrics text; -1 when
+/// it is absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
+}
+
 struct Answer {
     status: u16,
     x_cache: String,
@@ -280,33 +289,19 @@ async fn responses_are_served_from_the_cache_until_they_expire() {
     );
     assert_eq!(origin.hits("/c/long?cc=max-age%3D100"), 2);
 
-    // Counted by result, and logged.
-    let text = common::metrics_text(&gw).await;
-    let count = |result: &str| {
-        text.lines()
-            .find(|l| {
-                l.starts_with("gatehouse_cache_requests_total")
-                    && l.contains("route=\"c\"")
-                    && l.contains(&format!("result=\"{result}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
-    // Recorded in the logging phase, after the response: wait for the last one.
-    let mut tries = 0;
-    while count("miss") != Some(5.0) && tries < 50 {
+    // Counted by result, and logged. Recorded in the logging phase, after the response: wait
+    // for the last one.
+    let series =
+        |result: &str| format!("gatehouse_cache_requests_total{{result=\"{result}\",route=\"c\"}}");
+    let mut text = common::metrics_text(&gw).await;
+    for _ in 0..50 {
+        if sample(&text, &series("miss")) == 5.0 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        tries += 1;
+        text = common::metrics_text(&gw).await;
     }
-    let text = common::metrics_text(&gw).await;
-    let count = |result: &str| {
-        text.lines()
-            .find(|l| {
-                l.starts_with("gatehouse_cache_requests_total")
-                    && l.contains("route=\"c\"")
-                    && l.contains(&format!("result=\"{result}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
+    let count = |result: &str| Some(sample(&text, &series(result)));
     assert_eq!(count("hit"), Some(3.0), "{text}");
     assert_eq!(count("miss"), Some(5.0), "{text}");
     assert!(text.contains("gatehouse_cache_entries "), "{text}");
@@ -755,32 +750,26 @@ async fn memory_stays_within_max_size() {
         );
     }
     assert_eq!(origin.hits("/c/big?size=20000"), 2);
-    let metric = |text: &str, name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(-1.0)
-    };
     // Evictions run just after the admission that exceeds the limit.
     let mut text = common::metrics_text(&gw).await;
     for _ in 0..50 {
-        if metric(&text, "gatehouse_cache_stored_bytes") <= 65536.0 {
+        if sample(&text, "gatehouse_cache_stored_bytes") <= 65536.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         text = common::metrics_text(&gw).await;
     }
     assert!(
-        metric(&text, "gatehouse_cache_evictions_total") >= 18.0,
+        sample(&text, "gatehouse_cache_evictions_total") >= 18.0,
         "{text}"
     );
     assert!(
-        metric(&text, "gatehouse_cache_stored_bytes") <= 65536.0,
+        sample(&text, "gatehouse_cache_stored_bytes") <= 65536.0,
         "{text}"
     );
-    assert!(metric(&text, "gatehouse_cache_entries") <= 6.0, "{text}");
+    assert!(sample(&text, "gatehouse_cache_entries") <= 6.0, "{text}");
     assert!(
-        metric(&text, "gatehouse_cache_too_large_total") >= 1.0,
+        sample(&text, "gatehouse_cache_too_large_total") >= 1.0,
         "{text}"
     );
 
