@@ -58,8 +58,16 @@ async fn ready_is_503_with_the_list_when_an_upstream_has_no_healthy_backend() {
         .start(&body(&a, &b, true));
     a.set_healthy(false);
     b.set_healthy(false);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let resp = client().get(gw.admin_url("/ready")).send().await.unwrap();
+    // Ejected after unhealthy_threshold failed checks: poll (bounded) rather than guess
+    // how long a loaded machine takes.
+    let mut resp = client().get(gw.admin_url("/ready")).send().await.unwrap();
+    for _ in 0..100 {
+        if resp.status() == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        resp = client().get(gw.admin_url("/ready")).send().await.unwrap();
+    }
     assert_eq!(resp.status(), 503);
     assert_eq!(
         json(resp).await["upstreams_without_available_backend"][0],

@@ -626,13 +626,21 @@ async fn outcomes_are_counted_and_logged_without_credentials() {
             .contains("gatehouse_auth_total{method=\"jwt:ec\",result=\"success\",route=\"ec\"} 0"),
         "success series missing at zero"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = s.gw.access_log();
-    let line: Value = log
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|l| l["consumer"] == "alice")
-        .expect("log line with consumer");
+    // The log writer drains its queue on a timer: wait (bounded) for alice's line.
+    let alice = |log: &str| {
+        log.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|l| l["consumer"] == "alice")
+    };
+    let mut log = s.gw.access_log();
+    for _ in 0..100 {
+        if alice(&log).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = s.gw.access_log();
+    }
+    let line = alice(&log).expect("log line with consumer");
     assert_eq!(line["auth_method"], "jwt:rsa");
     for secret in [&token, &expired] {
         let signature = secret.rsplit('.').next().unwrap();

@@ -91,7 +91,15 @@ async fn all_backends_unhealthy_answers_503_without_touching_them() {
     let gw = Gatehouse::start(&config(&a, &b, "http"));
     a.set_healthy(false);
     b.set_healthy(false);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // unhealthy_threshold (2) failed checks each, plus one that may have been in flight when
+    // they turned and one more so the gateway has recorded the second failure: counted on
+    // the backends, so a loaded machine's late ticks do not matter.
+    let (ca, cb) = (a.health_checks(), b.health_checks());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.health_checks() < ca + 4 || b.health_checks() < cb + 4 {
+        assert!(std::time::Instant::now() < deadline, "checks stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let hits_before = a.hits() + b.hits();
     let resp = client().get(gw.url("/x")).send().await.unwrap();
     assert_eq!(resp.status(), 503);

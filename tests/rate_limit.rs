@@ -282,12 +282,7 @@ async fn decisions_are_counted_and_logged() {
     let m = common::metrics_text(&s.gw).await;
     assert!(m.contains("gatehouse_ratelimit_decisions_total{decision=\"allowed\",route=\"keyed\",tier=\"free\"} 4"), "{m}");
     assert!(m.contains("gatehouse_ratelimit_decisions_total{decision=\"rejected\",route=\"keyed\",tier=\"free\"} 2"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let lines: Vec<serde_json::Value> =
-        s.gw.access_log()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let lines = common::access_log_lines(&s.gw, 6).await;
     assert_eq!(
         lines.iter().filter(|l| l["rate_limited"] == true).count(),
         2

@@ -160,8 +160,11 @@ async fn invalid_reload_changes_nothing_and_reports_every_error() {
         .any(|e| e.contains("routes[0].bogus: unknown key")));
     // SIGHUP with the same broken file: logged, process keeps serving the old snapshot.
     gw.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(gw.stderr().contains("reload rejected"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gw.stderr().contains("reload rejected") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.stderr().contains("reload rejected"), "{}", gw.stderr());
     for _ in 0..5 {
         assert_eq!(
             json(client().get(gw.url("/x")).send().await.unwrap()).await["backend"],

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::python::{run_json, PyServer};
-use common::{metric, Gatehouse, ADMIN_TOKEN};
+use common::{metric, metric_reaching, Gatehouse, ADMIN_TOKEN};
 
 fn ws_url(gw: &Gatehouse, path: &str) -> String {
     format!("ws://{}{path}", gw.addr)
@@ -56,13 +56,11 @@ async fn echo_metrics_and_routes_that_refuse_upgrades() {
 
     // An open connection is counted while it lasts.
     let url = ws_url(&gw, "/chat");
-    let open = std::thread::spawn(move || client(&url, &["--send", "x", "--idle", "1.5"]));
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let open = std::thread::spawn(move || client(&url, &["--send", "x", "--idle", "4"]));
     let active = "gatehouse_websocket_connections_active{route=\"chat\"}";
-    assert_eq!(metric(&gw, active).await, Some(1.0));
+    assert_eq!(metric_reaching(&gw, active, 1.0).await, Some(1.0));
     assert_eq!(open.join().unwrap()["alive"], true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(metric(&gw, active).await, Some(0.0));
+    assert_eq!(metric_reaching(&gw, active, 0.0).await, Some(0.0));
     assert_eq!(
         metric(&gw, "gatehouse_websocket_connections_total{route=\"chat\"}").await,
         Some(2.0)

@@ -75,6 +75,21 @@ pub async fn metric(gw: &Gatehouse, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// The value of the first metric line starting with `prefix` once it equals `want`, polling
+/// for up to 5 s (gauges follow connections the gateway sees close a little later), else the
+/// last value read.
+pub async fn metric_reaching(gw: &Gatehouse, prefix: &str, want: f64) -> Option<f64> {
+    let mut now = metric(gw, prefix).await;
+    for _ in 0..100 {
+        if now == Some(want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        now = metric(gw, prefix).await;
+    }
+    now
+}
+
 /// `POST` to an admin endpoint with the test token.
 pub async fn admin_post(gw: &Gatehouse, path: &str) -> reqwest::Response {
     client()
