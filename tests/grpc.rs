@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::pki::Pki;
 use common::python::{run_json, PyServer};
-use common::{free_port, Gatehouse, TestBackend};
+use common::{free_port, Gatehouse, TestBackend, ADMIN_TOKEN};
 
 fn new_key(file: &std::path::Path, consumer: &str) -> String {
     let out = Command::new(Gatehouse::binary())
@@ -344,8 +344,8 @@ backends = [{{ addr = "{addr}" }}]
     assert_eq!(r["code"], "OK", "{r}");
 }
 
-#[test]
-fn grpc_health_checks_follow_the_serving_status() {
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_health_checks_follow_the_serving_status() {
     let serving = PyServer::start("grpc_peer.py", &["server", "--name", "up"]);
     let not_serving = PyServer::start(
         "grpc_peer.py",
@@ -362,8 +362,33 @@ health_check = {{ type = "grpc", interval = "200ms", timeout = "1s", unhealthy_t
         b = not_serving.addr(),
         r = route("echo", "test.Echo", "g", ""),
     );
-    let gw = Gatehouse::start(&body);
-    std::thread::sleep(Duration::from_millis(800));
+    let gw = Gatehouse::builder().admin(Some(ADMIN_TOKEN)).start(&body);
+    // Wait (bounded) until the gateway's checks have marked the NOT_SERVING backend down.
+    let down = not_serving.addr().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = common::json(common::admin_get(&gw, "/admin/upstreams").await).await;
+        let backends = state["upstreams"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let healthy = |addr: &str| {
+            backends
+                .iter()
+                .find(|b| b["addr"] == addr)
+                .map(|b| b["healthy"].clone())
+        };
+        if healthy(&down) == Some(serde_json::Value::Bool(false)) {
+            assert_eq!(
+                healthy(&serving.addr().to_string()),
+                Some(serde_json::Value::Bool(true)),
+                "{state}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never marked down: {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..6 {
         let r = call(&gw, "/test.Echo/Unary", "x", &[]);
         assert_eq!(r["responses"][0], "up:x", "only the SERVING backend: {r}");
