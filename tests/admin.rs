@@ -291,7 +291,16 @@ async fn summary_counts_generations_and_reloads_and_drain_takes_encoded_addresse
         http.get(gw.url("/svc/x")).send().await.unwrap();
     }
 
-    let s = summary().await;
+    // Requests are counted in Pingora's logging phase, after the response went out: wait
+    // (bounded) for the third.
+    let mut s = summary().await;
+    for _ in 0..100 {
+        if s["routes"][0]["requests"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s = summary().await;
+    }
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(s["pid"], gw.pid());
     assert_eq!(s["config"]["generation"], 1);

@@ -314,7 +314,18 @@ backends = [{{ addr = "{addr}" }}]
     // ignored with a warning; the real one replaces it.
     let handover = old.dir().join("upgrade.sock.ratelimit-handover");
     std::fs::write(&handover, b"GHRLHO01 but then garbage").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new process polls the file every 100 ms: wait (bounded) until it has read (and
+    // reported) the corrupt one, so the real one written at SIGQUIT does not replace it first.
+    let log_path = old.dir().join("new.log");
+    let logged = |needle: &str| {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains(needle)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !logged("ignoring the rate-limit hand-over") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Connections the old process accepted before SIGQUIT: their requests are its to serve,
     // whenever they come (after SIGQUIT it answers each with Connection: close).
@@ -331,13 +342,8 @@ backends = [{{ addr = "{addr}" }}]
     assert!(wait_exit(&mut old).await.success());
     // The new process polls the hand-over file every 100 ms: the final one (written after
     // the old process's last request, just before it exits) is merged within that.
-    let log_path = old.dir().join("new.log");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("keys merged (final)")
-        && std::time::Instant::now() < deadline
-    {
+    while !logged("keys merged (final)") && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
