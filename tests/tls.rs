@@ -393,10 +393,13 @@ async fn handshake_failures_and_expiry_are_exported() {
         .arg(e.tls_port.to_string())
         .output()
         .unwrap();
-    let text = common::metrics_text(&e.gw).await;
-    assert!(
-        text.contains("gatehouse_tls_handshake_failures_total{reason=\"unknown_sni\"} 1"),
-        "{text}"
+    // Counted when the handshake future fails, just after the alert went out: bounded wait.
+    let failures = "gatehouse_tls_handshake_failures_total{reason=\"unknown_sni\"}";
+    assert_eq!(
+        common::metric_reaching(&e.gw, failures, 1.0).await,
+        Some(1.0),
+        "{}",
+        common::metrics_text(&e.gw).await
     );
     let expiry = common::metric(
         &e.gw,
