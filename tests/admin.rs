@@ -92,6 +92,23 @@ async fn admin_endpoints_require_the_bearer_token() {
         .to_str()
         .unwrap()
         .starts_with("Bearer"));
+    // Like the proxy's refusals: an id in the header and in the JSON error body.
+    let id = none.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    let body = json(none).await;
+    assert_eq!(body["request_id"], id.as_str(), "{body}");
+    assert_eq!(body["error"], "missing or invalid admin token");
+    // A well-formed id from the caller is kept; unknown endpoints answer with one too.
+    let unknown = c
+        .get(gw.admin_url("/admin/nope"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-request-id", "ops-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.headers()["x-request-id"], "ops-42");
+    assert_eq!(json(unknown).await["request_id"], "ops-42");
     let wrong = c
         .get(gw.admin_url("/admin/upstreams"))
         .bearer_auth("not-the-token")

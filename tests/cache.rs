@@ -589,6 +589,7 @@ async fn a_purge_refetches_every_variant_under_its_prefix() {
         answer["error"].as_str().unwrap().contains("route"),
         "{answer}"
     );
+    assert!(answer["request_id"].is_string(), "{answer}");
     let unauthorised = client()
         .post(gw.admin_url("/admin/cache/purge"))
         .body(r#"{"route": "c"}"#)

@@ -17,6 +17,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::cache::Cache;
 use crate::metrics::Metrics;
+use crate::request_id::RequestId;
 use crate::services::reload::{ReloadOutcome, Reloader};
 use crate::snapshot::SnapshotStore;
 
@@ -83,6 +84,22 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let id = RequestId::from_client_or_new(
+            session
+                .req_header()
+                .headers
+                .get("x-request-id")
+                .map(http::HeaderValue::as_bytes),
+        );
+        let mut resp = self.route(session).await;
+        views::stamp(&mut resp, &id);
+        resp
+    }
+}
+
+impl AdminApp {
+    /// The response of the endpoint the request names.
+    async fn route(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         // Segments are percent-decoded, so that a backend address may be sent encoded

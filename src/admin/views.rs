@@ -3,6 +3,7 @@
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::request_id::RequestId;
 use crate::snapshot::Snapshot;
 
 /// A JSON response.
@@ -16,7 +17,29 @@ pub fn json(status: StatusCode, body: Value) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
-/// A JSON error response `{"error": ...}`.
+/// Marks an admin response with the request's id: `X-Request-Id` on every response and, like
+/// the proxy's refusals, `request_id` in the body of every JSON error (4xx and 5xx), so that an
+/// operator's report of a failed admin call can be matched to the process log.
+pub fn stamp(resp: &mut Response<Vec<u8>>, id: &RequestId) {
+    if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    if !(resp.status().is_client_error() || resp.status().is_server_error()) {
+        return;
+    }
+    // Admin errors are rare and small: re-serialising the body costs nothing that matters.
+    if let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(resp.body()) {
+        body.insert("request_id".into(), Value::from(id.as_str()));
+        let bytes = Value::Object(body).to_string().into_bytes();
+        resp.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(bytes.len()),
+        );
+        *resp.body_mut() = bytes;
+    }
+}
+
+/// A JSON error response `{"error": ...}` (the request id is added by [`stamp`]).
 pub fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     json(status, json!({ "error": message }))
 }
@@ -116,4 +139,28 @@ pub fn set_drained(
         StatusCode::OK,
         json!({ "upstream": upstream, "backend": addr, "drained": drained }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_ids_every_response_and_adds_the_id_to_error_bodies_only() {
+        let id = RequestId::from_client_or_new(Some(b"ops-1"));
+        let mut ok = json(StatusCode::OK, json!({ "ready": true }));
+        stamp(&mut ok, &id);
+        assert_eq!(ok.headers()["x-request-id"], "ops-1");
+        assert_eq!(ok.body(), br#"{"ready":true}"#);
+
+        let mut err = error(StatusCode::NOT_FOUND, "no such admin endpoint");
+        stamp(&mut err, &id);
+        let body: Value = serde_json::from_slice(err.body()).unwrap();
+        assert_eq!(body["request_id"], "ops-1");
+        assert_eq!(body["error"], "no such admin endpoint");
+        assert_eq!(
+            err.headers()[http::header::CONTENT_LENGTH],
+            err.body().len().to_string().as_str()
+        );
+    }
 }
