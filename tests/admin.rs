@@ -48,6 +48,16 @@ async fn probes_need_no_token() {
         .await
         .unwrap()
         .contains("gatehouse_build_info"));
+    // Probes may use HEAD (no body); other methods get 405 with Allow, as RFC 9110 asks.
+    for path in ["/health", "/ready", "/metrics"] {
+        let head = c.head(gw.admin_url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "{path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+        let post = c.post(gw.admin_url(path)).send().await.unwrap();
+        assert_eq!(post.status(), 405, "{path}");
+        assert_eq!(post.headers()["allow"], "GET, HEAD", "{path}");
+        assert!(json(post).await["request_id"].is_string());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -599,6 +599,7 @@ async fn a_purge_refetches_every_variant_under_its_prefix() {
     assert_eq!(unauthorised.status(), 401);
     let wrong_method = common::admin_get(&gw, "/admin/cache/purge").await;
     assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
     let text = common::metrics_text(&gw).await;
     assert!(
         text.lines()

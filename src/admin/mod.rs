@@ -112,9 +112,11 @@ impl AdminApp {
         let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
         match (method, segments.as_slice()) {
             (Method::GET | Method::HEAD, [""]) => page::status(),
-            (Method::GET, ["health"]) => views::json(StatusCode::OK, views::health()),
-            (Method::GET, ["ready"]) => views::ready(&self.store.load()),
-            (Method::GET, ["metrics"]) => views::metrics(self.metrics.render()),
+            (Method::GET | Method::HEAD, ["health"]) => {
+                views::json(StatusCode::OK, views::health())
+            }
+            (Method::GET | Method::HEAD, ["ready"]) => views::ready(&self.store.load()),
+            (Method::GET | Method::HEAD, ["metrics"]) => views::metrics(self.metrics.render()),
             (_, ["admin", ..]) => {
                 if let Some(refusal) = self.refuse_unauthorised(session) {
                     return refusal;
@@ -131,9 +133,7 @@ impl AdminApp {
                 self.admin(session.req_header().method.clone(), &segments[1..])
                     .await
             }
-            (_, ["" | "health" | "ready" | "metrics"]) => {
-                views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
+            (_, ["" | "health" | "ready" | "metrics"]) => views::method_not_allowed("GET, HEAD"),
             _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
@@ -142,14 +142,14 @@ impl AdminApp {
 impl AdminApp {
     async fn admin(&self, method: Method, rest: &[&str]) -> Response<Vec<u8>> {
         match (method, rest) {
-            (Method::GET, ["upstreams"]) => {
+            (Method::GET | Method::HEAD, ["upstreams"]) => {
                 views::json(StatusCode::OK, views::upstreams(&self.store.load()))
             }
             (
                 Method::POST,
                 ["upstreams", name, "backends", addr, action @ ("drain" | "enable")],
             ) => views::set_drained(&self.store.load(), name, addr, *action == "drain"),
-            (Method::GET, ["summary"]) => {
+            (Method::GET | Method::HEAD, ["summary"]) => {
                 let families = self.metrics.gather();
                 views::json(
                     StatusCode::OK,
@@ -161,7 +161,7 @@ impl AdminApp {
                     ),
                 )
             }
-            (Method::GET, ["config"]) => {
+            (Method::GET | Method::HEAD, ["config"]) => {
                 views::json(StatusCode::OK, self.store.load().config().render())
             }
             (Method::POST, ["reload"]) => {
@@ -181,15 +181,13 @@ impl AdminApp {
                     Err(_) => views::error(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
                 }
             }
+            (_, ["upstreams"] | ["summary"] | ["config"]) => views::method_not_allowed("GET, HEAD"),
             (
                 _,
-                ["upstreams"]
-                | ["summary"]
-                | ["config"]
-                | ["reload"]
+                ["reload"]
                 | ["cache", "purge"]
                 | ["upstreams", _, "backends", _, "drain" | "enable"],
-            ) => views::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+            ) => views::method_not_allowed("POST"),
             _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }

@@ -44,6 +44,14 @@ pub fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     json(status, json!({ "error": message }))
 }
 
+/// 405 with the `Allow` header RFC 9110 requires (`allow`: the endpoint's methods).
+pub fn method_not_allowed(allow: &'static str) -> Response<Vec<u8>> {
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    resp.headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    resp
+}
+
 /// Liveness: the process answers.
 pub fn health() -> Value {
     json!({ "status": "ok", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION") })
