@@ -77,6 +77,20 @@ const NOTIFY_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// How long to sleep between pid-file liveness checks in the async wait loop.
 const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+// [gatehouse patch] Set by a SIGUSR1 handler installed before the fork: the daemon can
+// signal readiness before the parent has registered its tokio listener, and SIGUSR1's
+// default action would then kill the parent (the start, or a systemd reload, fails).
+static READY_SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_ready(_: libc::c_int) {
+    READY_SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn set_sigusr1(handler: libc::sighandler_t) {
+    // SAFETY: `note_ready` only stores to an atomic (async-signal-safe); SIG_DFL is always valid.
+    unsafe { libc::signal(libc::SIGUSR1, handler) };
+}
+
 // XXX: this operation should have been done when the old service is exiting.
 // Now the new pid file just kick the old one out of the way
 fn move_old_pid(path: &str) {
@@ -208,11 +222,17 @@ pub fn daemonize(conf: &ServerConf) -> DaemonizeResult {
 
     move_old_pid(&conf.pid_file);
 
+    if conf.daemon_wait_for_ready {
+        set_sigusr1(note_ready as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
     match build_daemonize(conf).execute() {
         Outcome::Parent(result) => {
             result.unwrap_or_else(|e| panic!("Daemonize failed: {e}"));
         }
         Outcome::Child(result) => {
+            if conf.daemon_wait_for_ready {
+                set_sigusr1(libc::SIG_DFL);
+            }
             result.unwrap_or_else(|e| panic!("Daemonize child setup failed: {e}"));
             return DaemonizeResult {
                 notify_parent_pid: parent_pid,
@@ -290,6 +310,11 @@ fn wait_for_ready_or_exit(pid_file: &str, timeout: Duration) {
                         return;
                     }
                     _ = liveness_check.tick() => {
+                        // [gatehouse patch] Readiness signalled before `sigusr1` existed.
+                        if READY_SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+                            info!("Daemon signaled readiness, parent exiting");
+                            return;
+                        }
                         if daemon_pid.is_none() {
                             daemon_pid = try_read_pid_file(&pid_file);
                         }
