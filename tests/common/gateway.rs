@@ -119,7 +119,7 @@ pub fn start_daemon(
     let daemon = pid.map(|pid| Daemon { pid });
     assert!(
         status.success(),
-        "gatehouse -d failed: {}",
+        "gatehouse -d failed ({status}): {}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
     daemon.expect("pid file of the daemon")
