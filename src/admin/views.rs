@@ -18,8 +18,8 @@ pub fn json(status: StatusCode, body: Value) -> Response<Vec<u8>> {
 }
 
 /// Marks an admin response with the request's id: `X-Request-Id` on every response and, like
-/// the proxy's refusals, `request_id` in the body of every JSON error (4xx and 5xx), so that an
-/// operator's report of a failed admin call can be matched to the process log.
+/// the proxy's refusals, `request_id` in the body of every JSON error (4xx and 5xx), so that
+/// admin errors have the same shape as the proxy's.
 pub fn stamp(resp: &mut Response<Vec<u8>>, id: &RequestId) {
     if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert("x-request-id", v);
