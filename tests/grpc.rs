@@ -368,10 +368,7 @@ health_check = {{ type = "grpc", interval = "200ms", timeout = "1s", unhealthy_t
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let state = common::json(common::admin_get(&gw, "/admin/upstreams").await).await;
-        let backends = state["upstreams"][0]["backends"]
-            .as_array()
-            .unwrap()
-            .clone();
+        let backends = state["upstreams"][0]["backends"].as_array().unwrap();
         let healthy = |addr: &str| {
             backends
                 .iter()

@@ -137,9 +137,7 @@ impl AdminApp {
             _ => views::error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
-}
 
-impl AdminApp {
     async fn admin(&self, method: Method, rest: &[&str]) -> Response<Vec<u8>> {
         match (method, rest) {
             (Method::GET | Method::HEAD, ["upstreams"]) => {
